@@ -1,0 +1,213 @@
+"""The artifact cache: the only place stage keys are made, entries are published, and entries are trusted.
+
+Layout under the cache root (`./outputs` unless told otherwise):
+
+    <stage>/<label>-<hash>/     one published entry: the stage's files plus manifest.json
+    <stage>/latest              symlink to the entry the most recent run used
+    <stage>/.staging-*          an entry being written; renamed into place only once complete
+    <stage>/.resume/<entry>/    checkpoints of an interrupted run, kept until that entry is published
+    .lock                       held while a command works on the cache
+
+An entry is trusted only if its manifest.json parses, says it is complete, and every file it lists exists with the
+recorded size: a killed run, a half-copied folder or a hand-deleted image all read as "not cached".
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class Key:
+    """Everything that determines a stage's result, and the folder name derived from it."""
+
+    stage: str
+    version: int
+    params: dict[str, Any]
+    upstream: dict[str, str]  # upstream stage -> its entry name (keys chain; no bytes are re-hashed)
+    fingerprint: str  # content fingerprint of files read from outside the cache ("" if none)
+    label: str
+
+    def material(self) -> dict[str, Any]:
+        return {"stage": self.stage, "version": self.version, "params": self.params,
+                "upstream": self.upstream, "fingerprint": self.fingerprint}
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(self.material(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    @property
+    def entry(self) -> str:
+        return f"{self.label}-{self.digest}"
+
+
+def explain_change(old: dict[str, Any] | None, new: Key) -> str:
+    """Why `new` differs from the entry whose manifest is `old`, in words a user can act on."""
+    if old is None:
+        return "nothing cached yet"
+    reasons = []
+    if old.get("version") != new.version:
+        reasons.append(f"stage code version {old.get('version')} -> {new.version}")
+    old_params = old.get("key_params", {})
+    for name in sorted(set(old_params) | set(new.params)):
+        if old_params.get(name) != new.params.get(name):
+            reasons.append(f"{new.stage}.{name} {old_params.get(name)!r} -> {new.params.get(name)!r}")
+    old_upstream = old.get("inputs", {}).get("upstream", {})
+    for name in sorted(set(old_upstream) | set(new.upstream)):
+        if old_upstream.get(name) != new.upstream.get(name):
+            reasons.append(f"{name} changed ({old_upstream.get(name)} -> {new.upstream.get(name)})")
+    if old.get("inputs", {}).get("fingerprint", "") != new.fingerprint:
+        reasons.append("source files changed")
+    return ", ".join(reasons) or "cached entry missing or incomplete"
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # ----- reading -------------------------------------------------------------------------------------------------
+    def entry_dir(self, stage: str, entry: str) -> Path:
+        return self.root / stage / entry
+
+    def manifest(self, path: Path) -> dict[str, Any] | None:
+        """The manifest of a trusted entry, or None for anything incomplete or tampered with."""
+        try:
+            data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("complete") is not True:
+            return None
+        for name, size in data.get("files", {}).items():
+            file = path / name
+            if not file.is_file() or file.stat().st_size != size:
+                return None
+        return data
+
+    def lookup(self, key: Key) -> dict[str, Any] | None:
+        return self.manifest(self.entry_dir(key.stage, key.entry))
+
+    def latest(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest(self.root / stage / LATEST)
+
+    def entries(self, stage: str) -> list[dict[str, Any]]:
+        """Trusted entries of a stage, newest first."""
+        folder = self.root / stage
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.iterdir():
+            if path.name.startswith(".") or path.name == LATEST or path.is_symlink():
+                continue
+            data = self.manifest(path)
+            if data is not None:
+                found.append(data)
+        return sorted(found, key=lambda m: m.get("finished", ""), reverse=True)
+
+    # ----- writing -------------------------------------------------------------------------------------------------
+    def resume_dir(self, key: Key) -> Path:
+        """Where an unfinished run of `key` keeps checkpoints; survives a kill, removed on publish."""
+        path = self.root / key.stage / ".resume" / key.entry
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def staging_dir(self, key: Key) -> Path:
+        path = self.root / key.stage / f".staging-{key.entry}-{os.getpid()}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, key: Key, staging: Path, manifest: dict[str, Any]) -> Path:
+        """Seal `staging` with its manifest and move it into place in one rename."""
+        files = {p.relative_to(staging).as_posix(): p.stat().st_size
+                 for p in sorted(staging.rglob("*")) if p.is_file()}
+        manifest = {**manifest, "files": files, "complete": True}
+        _write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        final = self.entry_dir(key.stage, key.entry)
+        if final.exists():  # a forced re-run replaces the old entry
+            retired = final.with_name(f".retired-{key.entry}-{os.getpid()}")
+            os.rename(final, retired)
+            os.rename(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(self.root / key.stage / ".resume" / key.entry, ignore_errors=True)
+        return final
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def point_latest(self, stage: str, entry: str) -> None:
+        link = self.root / stage / LATEST
+        temporary = link.with_name(f".latest-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        temporary.symlink_to(entry)
+        os.replace(temporary, link)
+
+    def sweep_staging(self) -> None:
+        """Remove what killed runs left half-written; called while holding the lock, so nobody is writing them."""
+        if not self.root.is_dir():
+            return
+        for stage_folder in self.root.iterdir():
+            if stage_folder.is_dir():
+                for leftover in stage_folder.glob(".staging-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                for leftover in stage_folder.glob(".retired-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def locked(self, on_wait: Callable[[str], None]) -> Iterator[None]:
+        """Hold the cache lock; if another command holds it, say so once and wait for it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                on_wait(f"waiting for {holder} to finish with {self.root} ...")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pipeline pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"

@@ -1,0 +1,190 @@
+"""The `pipeline` command: parse, call the runner, print the summary. No logic lives here.
+
+Nothing heavy is imported at module level, so `pipeline --help` answers instantly; torch loads only when a
+stage that trains actually runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline import params as params_mod
+from pipeline import runner
+from pipeline.params import UsageError
+from stages.params import PrepareParams
+from stages.registry import STAGES, StageError
+
+DEFAULT_STAGES = "vae,colorize"
+PARAM_TABLES = {spec.name: spec.params for spec in STAGES if spec.name != "prepare"}
+
+
+class _Bar:
+    """click's progress bar behind the small interface stages use (`advance(steps, status)`)."""
+
+    def __init__(self, total: int, label: str):
+        self._bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
+                                      item_show_func=lambda status: status or "")
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def advance(self, steps: int = 1, status: str | None = None) -> None:
+        self._bar.update(steps, status)
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _settings(outputs: Path, device: str = "auto", workers: int | None = None) -> runner.Settings:
+    return runner.Settings(outputs=outputs, device=device, workers=workers, echo=_warn, progress=_Bar)
+
+
+outputs_option = click.option(
+    "--outputs", type=click.Path(file_okay=False, path_type=Path), envvar="PIPELINE_OUTPUTS",
+    default=Path("outputs"), show_default=True, help="Cache folder (or set PIPELINE_OUTPUTS).")
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Turn the mistakes a user can fix into one clean line and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except (UsageError, StageError) as error:
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: nothing half-finished was kept; run the same command again to resume.", err=True)
+        sys.exit(130)
+
+
+def _print_outcome(outcome: runner.Outcome, outputs: Path) -> None:
+    headline = outcome.metrics.get("headline", "")
+    where = outputs / outcome.stage / outcome.entry
+    if outcome.status == "cached":
+        click.echo(f"{outcome.stage}: cached (key {outcome.entry}){'  ' + headline if headline else ''}")
+    elif outcome.status == "skipped":
+        click.echo(f"{outcome.stage}: skipped ({outcome.reason})")
+    else:
+        click.echo(f"{outcome.stage}: ran in {outcome.seconds:.1f} s because {outcome.reason} -> {where}")
+        if headline:
+            click.echo(f"  {headline}")
+
+
+def _write_report(outputs: Path, outcomes: list[runner.Outcome]) -> None:
+    from pipeline import report
+
+    page = report.write_report(outputs, {o.stage: o for o in outcomes})
+    click.echo(f"results: {outputs}/ (open {page})")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Learn to draw small faces: prepare an image set, train a VAE on gray faces, colourise them.
+
+    \b
+    pipeline prepare                      build the 30x30 gray + colour set (embedded faces, or --source DIR)
+    pipeline run --stages vae,colorize    train or reuse each stage; results land in outputs/
+    pipeline status                       what is cached, and what would re-run and why
+    """
+
+
+def _parse_count(value: str) -> int:
+    if value.strip().lower() == "all":
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'all'") from None
+
+
+def _parse_crop(value: str) -> float:
+    kind, _, fraction = value.partition(":")
+    try:
+        if kind == "center" and fraction:
+            return float(fraction)
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{value!r}: write it as center:F, e.g. center:0.5 keeps the central half")
+
+
+@main.command()
+@click.option("--source", type=click.Path(path_type=Path), default=None,
+              help="Image folder, .zip/.tar[.gz] archive, .npy/.npz array or IDX file. Default: embedded faces.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="CSV of tags: file,<tag columns...>.")
+@click.option("--count", default=str(PrepareParams.count), show_default=True,
+              help="Images to keep, or 'all'.")
+@click.option("--size", type=int, default=PrepareParams.size, show_default=True, help="Side of the square images.")
+@click.option("--crop", default="center:1", show_default=True, help="center:F keeps the central fraction F.")
+@click.option("--seed", type=int, default=PrepareParams.seed, show_default=True, help="Seed of choice and split.")
+@click.option("--test-fraction", type=float, default=PrepareParams.test_fraction, show_default=True,
+              help="Fraction held out for testing.")
+@click.option("--dedupe/--no-dedupe", default=PrepareParams.dedupe, show_default=True,
+              help="Drop near-duplicate images.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: one per core).")
+@click.option("--force", is_flag=True, help="Rebuild even if an identical set is cached.")
+@outputs_option
+def prepare(source, labels, count, size, crop, seed, test_fraction, dedupe, workers, force, outputs) -> None:
+    """Build the image set: gray + colour arrays, a seeded train/test split and preview.png."""
+    with _user_errors():
+        overrides = {"source": str(source or ""), "labels": str(labels or ""), "count": _parse_count(count),
+                     "size": size, "crop": _parse_crop(crop), "seed": seed, "test_fraction": test_fraction,
+                     "dedupe": dedupe}
+        prepare_params = params_mod.build(PrepareParams, "prepare", overrides)
+        outcome = runner.run_prepare(prepare_params, _settings(outputs, workers=workers), force)
+        _print_outcome(outcome, outputs)
+        _write_report(outputs, [outcome])
+
+
+def _stage_params(sets: tuple[str, ...], config: Path | None) -> dict:
+    layers = [params_mod.read_config(config, PARAM_TABLES)] if config else []
+    layers.append(params_mod.parse_sets(sets, PARAM_TABLES))
+    merged = params_mod.merge(*layers)
+    return {name: params_mod.build(cls, name, merged.get(name, {})) for name, cls in PARAM_TABLES.items()}
+
+
+def _params_listing() -> str:
+    lines = []
+    for name, cls in PARAM_TABLES.items():
+        lines.extend(params_mod.describe(cls, name))
+    return "\n".join(lines)
+
+
+@main.command(epilog="\b\nStage parameters (--set STAGE.PARAM=VALUE, or [STAGE] tables in --config):\n"
+                     + _params_listing())
+@click.option("--stages", default=DEFAULT_STAGES, show_default=True,
+              help="Comma-separated stages; upstream stages are added (and reused if cached).")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a parameter (repeatable).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file with [vae] / [colorize] tables; --set wins over it.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train (auto = cuda when available).")
+@click.option("--force", is_flag=True, help="Re-run the named stages even if cached.")
+@outputs_option
+def run(stages, sets, config, device, force, outputs) -> None:
+    """Train (or reuse from the cache) the VAE and colorizer on the prepared set."""
+    with _user_errors():
+        tokens = [t.strip() for t in stages.split(",") if t.strip()]
+        all_params = _stage_params(sets, config)
+        runner.plan(tokens)  # reject unknown stage names before any work
+        outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
+        for outcome in outcomes:
+            _print_outcome(outcome, outputs)
+        _write_report(outputs, outcomes)
+
+
+@main.command(name="params")
+def list_params() -> None:
+    """List every stage parameter with its default and meaning."""
+    click.echo(_params_listing())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,65 @@
+"""Every stage's parameters, with their defaults and meanings, in one torch-free module.
+
+The defaults live here and nowhere else. The CLI lists them (`pipeline params`), the cache hashes them, the stages
+read them, and a checkpoint stores them as plain types so a model can be rebuilt without the CLI. Importing this
+module must stay cheap: `pipeline --help` and `pipeline status` read it without touching torch.
+
+Field metadata:
+  help     one line shown by `pipeline params`
+  choices  the allowed values of a string parameter
+  min/max  inclusive bounds of a number
+  hashed   False for settings that name *where* data is rather than *what* it is (the cache fingerprints the data)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def param(default, help: str, **rules):
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    source: str = param("", "image folder, archive (.zip/.tar[.gz]), .npy/.npz or IDX file; empty = embedded faces",
+                        hashed=False)
+    labels: str = param("", "CSV of tags (file,<tag columns…>) carried along with the kept images", hashed=False)
+    count: int = param(1044, "number of images to keep (0 = all usable images)", min=0)
+    size: int = param(30, "side of the square images, in pixels", min=4, max=512)
+    crop: float = param(1.0, "central fraction of each (square-cropped) image kept before resizing", min=0.05, max=1.0)
+    seed: int = param(0, "seed of the image choice and the train/test split")
+    test_fraction: float = param(0.1, "fraction of the images held out for testing", min=0.0, max=0.9)
+    dedupe: bool = param(True, "drop near-duplicate images (perceptual hash)")
+
+
+@dataclass(frozen=True)
+class VaeParams:
+    arch: str = param("fc", "fc: the reference MLP; conv: convolutional encoder/decoder", choices=("fc", "conv"))
+    latent_dim: int = param(10, "size of the latent code z", min=1, max=512)
+    channels: int = param(1, "1 = train on gray; 3 = train on colour directly", choices=(1, 3))
+    epochs: int = param(60, "passes over the training split", min=1)
+    batch_size: int = param(128, "images per optimiser step", min=1)
+    lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
+    beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
+    recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",
+                       choices=("bce", "mse"))
+    seed: int = param(0, "seed of initialisation, batching and noise")
+
+
+@dataclass(frozen=True)
+class ColorizeParams:
+    arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
+                      choices=("stacknn", "conv"))
+    epochs: int = param(8, "passes over the training split", min=1)
+    batch_size: int = param(128, "images per optimiser step", min=1)
+    lr: float = param(1e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
+    noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
+                             min=0.0)
+    luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
+    exact_luma: bool = param(False, "shift each output pixel so its luma equals the gray input exactly")
+    seed: int = param(0, "seed of initialisation, batching and noise")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For stages whose result is fixed by their upstream stages alone."""

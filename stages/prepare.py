@@ -1,0 +1,223 @@
+"""The prepare stage: any image source -> N square colour images, their luma, a seeded split and a preview.
+
+Outputs (all plain numpy / CSV / PNG, nothing pickled):
+    color.npy    (N, S, S, 3) uint8
+    gray.npy     (N, S, S) uint8, luma of color with the shared BT.601 weights
+    split.npz    train, test: int64 indices into the arrays, disjoint, seeded
+    sources.csv  index, file, content_hash of every kept image
+    labels.csv   file + one column per tag (embedded faces: their factors; else the --labels CSV), if any
+    preview.png  gray next to colour for the first 32 images
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from stages import faces
+from stages.dedupe import duplicate_mask, perceptual_hashes
+from stages.luma import luma_uint8
+from stages.params import PrepareParams
+from stages.registry import StageContext, StageError
+from stages.sources import DecodedImage, SourceError, describe_source, read_images, resize_square
+
+EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
+_GENERATOR_VERSION = "faces-1"  # bump when stages/faces.py draws differently
+_PREVIEW_COUNT = 32
+_MAX_WARNINGS = 20
+
+
+def fingerprint(params: PrepareParams) -> str:
+    """Cheap content fingerprint of what prepare reads from outside the cache: names, sizes and mtimes.
+
+    Re-hashing every image's bytes on each run would cost as much as decoding them; any edit, addition or
+    removal changes a size or an mtime, so this is enough to decide whether to rebuild. Byte hashes of the kept
+    images are recorded in sources.csv.
+    """
+    digest = hashlib.sha256()
+    if params.source:
+        source = Path(params.source)
+        try:
+            describe_source(source)
+        except SourceError as error:
+            raise StageError(str(error)) from None
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.relative_to(source) if source.is_dir() else file.name}|{stat.st_size}|"
+                          f"{stat.st_mtime_ns}\n".encode())
+    else:
+        digest.update(_GENERATOR_VERSION.encode())
+    if params.labels:
+        labels = Path(params.labels)
+        if not labels.is_file():
+            raise StageError(f"labels file not found: {labels}: check the path given to --labels")
+        digest.update(labels.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, dict[str, str]]:
+    pixels, factors = faces.generate_face(index)
+    small = resize_square(pixels, size, crop)
+    return DecodedImage(f"face-{index:05d}", hashlib.sha256(pixels.tobytes()).hexdigest(), small, None), factors
+
+
+def _embedded_images(count: int, size: int, crop: float, workers: int | None,
+                     labels: dict[str, dict[str, str]]) -> Iterator[DecodedImage]:
+    """The procedural faces, drawn in parallel; their factors land in `labels` as they arrive."""
+    total = count or EMBEDDED_FACES
+    with multiprocessing.get_context("fork").Pool(workers or os.cpu_count()) as pool:
+        jobs = pool.imap(_EmbeddedJob(size, crop), range(total), chunksize=32)
+        for image, factors in jobs:
+            labels[image.name] = factors
+            yield image
+
+
+class _EmbeddedJob:
+    """Picklable `index -> (image, factors)` for the worker pool."""
+
+    def __init__(self, size: int, crop: float):
+        self.size, self.crop = size, crop
+
+    def __call__(self, index: int):
+        return _embedded_face(index, self.size, self.crop)
+
+
+def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Tag columns and rows keyed by file name, as written in the CSV (e.g. `faces/2.jpg`)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c for c in (reader.fieldnames or []) if c != "file"]
+            if not reader.fieldnames or "file" not in reader.fieldnames or not columns:
+                raise StageError(f"labels file {path} needs a header `file,<tag columns...>`, "
+                                 f"got {reader.fieldnames}")
+            return columns, {row["file"]: {c: row[c] or "" for c in columns} for row in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise StageError(f"labels file {path} could not be read: {error}") from None
+
+
+def _match_labels(names: list[str], rows: dict[str, dict[str, str]]) -> list[dict[str, str] | None]:
+    """Tags for each kept image: the CSV may name files relative to another root, so match on path suffixes."""
+    by_suffix: dict[str, dict[str, str]] = {}
+    for file, tags in rows.items():
+        parts = Path(file).parts
+        for start in range(len(parts)):
+            by_suffix.setdefault("/".join(parts[start:]), tags)
+    matched = []
+    for name in names:
+        parts = Path(name).parts
+        matched.append(next((by_suffix[s] for s in ("/".join(parts[i:]) for i in range(len(parts)))
+                             if s in by_suffix), None))
+    return matched
+
+
+def _collect(images: Iterator[DecodedImage], context: StageContext, total: int | None):
+    """Stream the decoded images into compact arrays, warning (a bounded number of times) about skipped ones."""
+    kept: list[DecodedImage] = []
+    skipped: collections.Counter[str] = collections.Counter()
+    with context.progress(total or 0, "decoding") as bar:
+        for image in images:
+            bar.advance(1)
+            if image.pixels is None:
+                skipped[image.skip_reason] += 1
+                if sum(skipped.values()) <= _MAX_WARNINGS:
+                    context.echo(f"warning: skipped {image.name}: {image.skip_reason}")
+                continue
+            kept.append(image)
+    hidden = sum(skipped.values()) - _MAX_WARNINGS
+    if hidden > 0:
+        context.echo(f"warning: ... and {hidden} more skipped files (counts by reason in the manifest)")
+    return kept, skipped
+
+
+def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
+    """Pairs of (gray | colour), 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+    count = min(len(gray), _PREVIEW_COUNT)
+    size, columns, gap = gray.shape[1], 8, 2
+    rows = -(-count // columns)
+    canvas = np.full((rows * (size + gap) + gap, columns * (2 * size + gap) + gap, 3), 255, np.uint8)
+    for i in range(count):
+        top, left = gap + (i // columns) * (size + gap), gap + (i % columns) * (2 * size + gap)
+        canvas[top:top + size, left:left + size] = gray[i][..., None]
+        canvas[top:top + size, left + size:left + 2 * size] = color[i]
+    image = Image.fromarray(canvas)
+    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
+
+
+def _write_labels(path: Path, names: list[str], tags: list[dict[str, str] | None]) -> list[str]:
+    columns = sorted({c for t in tags if t for c in t})
+    if not columns:
+        return []
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", *columns])
+        for name, tag in zip(names, tags):
+            writer.writerow([name, *((tag or {}).get(c, "") for c in columns)])
+    return columns
+
+
+def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    labels: dict[str, dict[str, str]] = {}
+    if params.source:
+        try:
+            images = read_images(Path(params.source), params.size, params.crop, context.workers)
+        except SourceError as error:
+            raise StageError(str(error)) from None
+        origin = params.source
+    else:
+        images = _embedded_images(params.count, params.size, params.crop, context.workers, labels)
+        origin = "embedded procedural faces"
+    kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES))
+
+    color = np.stack([image.pixels for image in kept]) if kept else np.zeros((0, params.size, params.size, 3),
+                                                                              np.uint8)
+    gray = luma_uint8(color)
+    # The embedded faces are distinct by construction; a perceptual hash would only confuse look-alike cartoons.
+    check_duplicates = params.dedupe and params.source and len(gray)
+    duplicates = duplicate_mask(perceptual_hashes(gray)) if check_duplicates else np.zeros(len(gray), bool)
+    usable = np.flatnonzero(~duplicates)
+    if params.count and len(usable) < params.count:
+        raise StageError(f"only {len(usable)} usable images in {origin} ({sum(skipped.values())} skipped, "
+                         f"{int(duplicates.sum())} duplicates), fewer than --count {params.count}: "
+                         f"use --count {len(usable)} or --count all")
+    if len(usable) < 2:
+        raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
+    rng = np.random.default_rng(params.seed)
+    chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
+    color, gray = color[chosen], gray[chosen]
+    names = [kept[i].name for i in chosen]
+
+    order = rng.permutation(len(chosen))
+    test_count = int(round(len(chosen) * params.test_fraction))
+    if params.test_fraction > 0:
+        test_count = min(max(test_count, 1), len(chosen) - 1)
+    np.savez(out_dir / "split.npz", train=np.sort(order[test_count:]), test=np.sort(order[:test_count]))
+    np.save(out_dir / "color.npy", color)
+    np.save(out_dir / "gray.npy", gray)
+    with open(out_dir / "sources.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "file", "content_hash"])
+        writer.writerows((i, name, kept[k].content_hash) for i, (name, k) in enumerate(zip(names, chosen)))
+    if params.labels:
+        columns, rows = _read_label_csv(Path(params.labels))
+        tags = _match_labels(names, rows)
+    else:
+        tags = [labels.get(name) for name in names]
+    tag_columns = _write_labels(out_dir / "labels.csv", names, tags)
+    _preview(gray, color, out_dir / "preview.png")
+
+    counts = {"read": len(kept) + sum(skipped.values()), "skipped": sum(skipped.values()),
+              "skipped_by_reason": dict(skipped), "duplicates": int(duplicates.sum()), "kept": len(chosen),
+              "train": len(chosen) - test_count, "test": test_count,
+              "labelled": sum(1 for t in tags if t), "label_columns": tag_columns}
+    headline = (f"{counts['read']} read, {counts['skipped']} skipped, {counts['duplicates']} duplicates dropped, "
+                f"{counts['kept']} kept ({counts['train']} train / {counts['test']} test) from {origin}")
+    return {**counts, "source": origin, "headline": headline}
