@@ -6,6 +6,7 @@ Every problem is reported as a `UsageError` one-liner before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,9 +41,12 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
             raise UsageError(f"{where}: expected a whole number, got {value!r}") from None
     if kind is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # NaN passes every min/max check and crashes the stage later
+            raise UsageError(f"{where}: expected a finite number, got {value!r}")
+        return number
     return str(value)
 
 

@@ -56,6 +56,8 @@ class ColorizeParams:
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
                              min=0.0)
     luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
+    chroma_weight: float = param(1.0, "weight of MSE(|chroma(output)|, |chroma(true)|): keeps colours vivid",
+                                 min=0.0)
     exact_luma: bool = param(False, "shift each output pixel so its luma equals the gray input exactly")
     seed: int = param(0, "seed of initialisation, batching and noise")
 

@@ -76,7 +76,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained colorizer (gray -> colour) and its test metrics and test grid",
     ),
     StageSpec(
-        name="vae_color", version=1, params=NoParams, upstream=("vae", "colorize"),
+        name="vae_color", version=1, params=NoParams, upstream=("prepare", "vae", "colorize"),
         entry="stages.colorize:colorize_vae_outputs",
         describe=lambda p: "vae-colored", follows="colorize",
         summary="the VAE's samples, interpolations, traversals and reconstructions coloured by the colorizer",

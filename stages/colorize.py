@@ -1,0 +1,153 @@
+"""The colorize stages: train a gray -> colour network on the prepared set, then colour the VAE's outputs.
+
+Training depends only on the prepared set and the colorize parameters, so changing a VAE parameter re-runs
+`vae_color` (cheap: apply the existing colorizer to the new gray images) without retraining the colorizer.
+
+Loss = MSE(colour, target) + λ_luma · MSE(luma(colour), gray) + λ_chroma · MSE(|chroma(colour)|, |chroma(target)|)
+where chroma = colour − luma. The last term is ours: plain MSE on an ambiguous hue (is that gray hair blonde or
+pink?) pays least by predicting the average hue, a washed-out sepia. Matching the chroma *magnitude* lets the
+network commit to a vivid colour without knowing which one is right.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages import metrics as m
+from stages.models import build_colorizer, exact_luma, luma_of
+from stages.params import ColorizeParams, NoParams
+from stages.registry import StageContext, StageError, StageSkipped
+from stages.training import Job, batched, fit, resolve_device
+from stages.vae import load_prepared, traversal_labels
+from stages.viz import save_grid, save_loss_chart
+
+TEST_GRID = 16
+
+
+def colorize_loss(color, target, gray, params: ColorizeParams):
+    """The training objective, with its parts for the history; `gray` is the clean luma of the target."""
+    colour_mse = (color - target).pow(2).mean()
+    luma_mse = (luma_of(color) - gray).pow(2).mean()
+    chroma_mse = ((color - luma_of(color)).norm(dim=1) - (target - gray).norm(dim=1)).pow(2).mean()
+    loss = colour_mse + params.luma_weight * luma_mse + params.chroma_weight * chroma_mse
+    return loss, {"colour_mse": colour_mse.item(), "luma_mse": luma_mse.item(), "chroma_mse": chroma_mse.item()}
+
+
+def apply_colorizer(model, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour (B, 1, S, S) gray images; returns (clipped colour, unclipped colour) in [0,1] scale."""
+    with torch.no_grad():
+        color = batched(model, gray, 256)
+        if exact:
+            color = exact_luma(color, gray)
+    return color.clamp(0, 1), color
+
+
+def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: bool) -> dict:
+    color, unclipped = apply_colorizer(model, gray, exact)
+    psnr, ssim = m.psnr_ssim(color.cpu().numpy(), target.cpu().numpy())
+    inside = ((unclipped >= 0) & (unclipped <= 1)).all(1, keepdim=True)  # pixels that clipping left alone
+    luma_error_unclipped = (luma_of(unclipped) - gray).pow(2)[inside]
+    return {
+        "psnr": psnr, "ssim": ssim,
+        "luma_mse": (luma_of(color) - gray).pow(2).mean().item(),
+        "luma_mse_before_clipping": luma_error_unclipped.mean().item() if luma_error_unclipped.numel() else 0.0,
+        "colourfulness_output": float(m.colourfulness(color.cpu().numpy()).mean()),
+        "colourfulness_true": float(m.colourfulness(target.cpu().numpy()).mean()),
+    }
+
+
+def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    device = resolve_device(context.device)
+    gray_np, train_index, test_index = load_prepared(inputs["prepare"], 1)
+    color_np, _, _ = load_prepared(inputs["prepare"], 3)
+    gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
+    torch.manual_seed(params.seed)
+    model = build_colorizer(params.arch, gray.shape[-1]).to(device)
+
+    def batch_loss(model, x, y, generator):
+        noisy = x + params.noise_std * torch.randn(x.shape, generator=generator, device=device)
+        return colorize_loss(model(noisy.clamp(0, 1)), y, x, params)
+
+    def evaluate(model):
+        loss, stats = colorize_loss(batched(model, gray[test_index], 256), color[test_index], gray[test_index], params)
+        return {"loss": loss.item(), **{f"test_{k}": v for k, v in stats.items()}}
+
+    job = Job(model=model, train_data=(gray[train_index], color[train_index]), batch_loss=batch_loss,
+              evaluate=evaluate, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, seed=params.seed,
+              label="colorize")
+    history = fit(job, context, device)
+    torch.save({"state_dict": model.state_dict(), "config": {"arch": params.arch, "size": gray.shape[-1],
+                                                              "exact_luma": params.exact_luma}}, out_dir / "model.pt")
+
+    results = evaluate_colorizer(model, gray[test_index], color[test_index], params.exact_luma)
+    results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
+    results.update(train_seconds=round(history.seconds, 2), epochs=params.epochs,
+                   images_per_second=round(history.images / max(history.seconds, 1e-9), 1),
+                   parameters=sum(p.numel() for p in model.parameters()))
+    shown = test_index[:TEST_GRID]
+    colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
+    save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
+              out_dir / "test_colorized.png")
+    (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    save_loss_chart({"train": history.train, "test": history.test}, out_dir / "loss.png", "colorize loss (MSE terms)")
+    results["headline"] = (f"test PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, luma MSE "
+                           f"{results['luma_mse']:.5f}, colourfulness ratio {results['colourfulness_ratio']:.2f}, "
+                           f"{results['images_per_second']:.0f} img/s")
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def load_colorizer(path: Path, device: torch.device):
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = build_colorizer(saved["config"]["arch"], saved["config"]["size"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved["config"]
+
+
+def _colour_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:
+    """(..., 1, S, S) gray array -> (..., 3, S, S) colour tensor, keeping the leading shape."""
+    lead = gray.shape[:-3]
+    flat = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32)).to(device).reshape(-1, *gray.shape[-3:])
+    return apply_colorizer(model, flat, exact)[0].reshape(*lead, 3, *gray.shape[-2:]).cpu()
+
+
+def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    """Colour exactly the gray images the VAE stage wrote (samples, interpolations, traversals, reconstructions)."""
+    vae_dir, colorizer_dir = inputs["vae"], inputs["colorize"]
+    vae_config = torch.load(vae_dir / "model.pt", map_location="cpu", weights_only=True)["config"]
+    if vae_config["channels"] != 1:
+        raise StageSkipped("the VAE was trained on colour (vae.channels=3): its outputs need no colorizer")
+    device = resolve_device(context.device)
+    model, config = load_colorizer(colorizer_dir / "model.pt", device)
+    exact = config["exact_luma"]
+    if vae_config["size"] != config["size"]:
+        raise StageError(f"the colorizer works on {config['size']}px images but the VAE on {vae_config['size']}px: "
+                         "re-run both on one prepared set")
+
+    samples = _colour_array(model, np.load(vae_dir / "samples.npy"), exact, device)
+    save_grid(samples, 8, out_dir / "samples_color.png")
+    interpolation = _colour_array(model, np.load(vae_dir / "interpolation.npy"), exact, device)
+    save_grid(interpolation.flatten(0, 1), interpolation.shape[1], out_dir / "interpolation_color.png")
+    traversal = _colour_array(model, np.load(vae_dir / "traversal.npy"), exact, device)
+    kl = json.loads((vae_dir / "metrics.json").read_text())["kl_per_dim"]
+    save_grid(traversal.flatten(0, 1), traversal.shape[1], out_dir / "traversal_color.png",
+              traversal_labels(np.load(vae_dir / "traversal_dims.npy"), kl))
+    originals, reconstructions = np.load(vae_dir / "reconstructions.npy")
+    colored = _colour_array(model, reconstructions, exact, device)
+    truth = np.load(inputs["prepare"] / "color.npy")[np.load(vae_dir / "reconstruction_indices.npy")]
+    truth = torch.from_numpy(truth.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    rows = [torch.from_numpy(originals).expand(-1, 3, -1, -1), torch.from_numpy(reconstructions).expand(-1, 3, -1, -1),
+            colored, truth]
+    save_grid(torch.cat(rows), len(truth), out_dir / "reconstructions_color.png")
+    for name, array in (("samples", samples), ("interpolation", interpolation), ("traversal", traversal),
+                        ("reconstructions", colored)):
+        np.save(out_dir / f"{name}_color.npy", array.numpy())
+
+    colourfulness = float(m.colourfulness(samples.numpy()).mean())
+    sample_luma_mse = (luma_of(samples) - torch.from_numpy(np.load(vae_dir / "samples.npy"))).pow(2).mean().item()
+    return {"samples_colourfulness": colourfulness, "samples_luma_mse": sample_luma_mse,
+            "headline": f"coloured the VAE's outputs: samples colourfulness {colourfulness:.1f}, "
+                        f"luma MSE {sample_luma_mse:.5f}"}

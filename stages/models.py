@@ -1,0 +1,164 @@
+"""The networks: the reference FC VAE, a convolutional VAE, the reference StackNN colorizer and a small conv one.
+
+Every model is rebuilt from plain values (`build_vae(arch, size, channels, latent_dim)`), so a checkpoint is a
+state_dict plus those values and loads with `torch.load(..., weights_only=True)`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stages.luma import LUMA_WEIGHTS
+
+
+class FcVae(nn.Module):
+    """The reference network, layer for layer: 900-512-96-25 encoder, mirrored decoder, decoder output as logits."""
+
+    def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10):
+        super().__init__()
+        pixels = size * size * channels
+        self.shape = (channels, size, size)
+        self.encoder = nn.Sequential(nn.Linear(pixels, 512), nn.ReLU(), nn.Linear(512, 96), nn.ReLU(),
+                                     nn.Linear(96, 25))
+        self.mu = nn.Linear(25, latent_dim)
+        self.logvar = nn.Linear(25, latent_dim)
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 25), nn.ReLU(), nn.Linear(25, 96), nn.ReLU(),
+                                     nn.Linear(96, 512), nn.ReLU(), nn.Linear(512, pixels))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x.flatten(1))  # (B, C, S, S) -> (B, C*S*S) -> (B, 25)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).view(-1, *self.shape)  # logits (B, C, S, S)
+
+    def forward(self, x, noise):
+        mu, logvar = self.encode(x)
+        return self.decode(reparameterize(mu, logvar, noise)), mu, logvar
+
+
+def _down_sizes(size: int) -> list[int]:
+    """Spatial sizes of a stride-2 encoder, halving (rounding up) until 4x4 or smaller."""
+    sizes = [size]
+    while sizes[-1] > 4:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvVae(nn.Module):
+    """Strided-conv encoder and transposed-conv decoder, no pooling; adapts to any image size.
+
+    Each downsampling step halves the side (rounding up), the decoder retraces the same sizes exactly with
+    `output_padding`, so 30 -> 15 -> 8 -> 4 and back. Widths double with depth, capped at 256.
+    """
+
+    def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 32):
+        super().__init__()
+        self.sizes = _down_sizes(size)
+        widths = [channels] + [min(width * 2 ** i, 256) for i in range(len(self.sizes) - 1)]
+        down = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            down += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1) if c_in == channels else
+                     nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+        self.encoder = nn.Sequential(*down, nn.Flatten())
+        self.bottom = (widths[-1], self.sizes[-1], self.sizes[-1])
+        flat = widths[-1] * self.sizes[-1] ** 2
+        self.mu = nn.Linear(flat, latent_dim)
+        self.logvar = nn.Linear(flat, latent_dim)
+        self.project = nn.Sequential(nn.Linear(latent_dim, flat), nn.LeakyReLU(0.2))
+        up = []
+        reversed_widths, reversed_sizes = widths[::-1], self.sizes[::-1]
+        for i, (c_in, c_out) in enumerate(zip(reversed_widths[:-1], reversed_widths[1:])):
+            target, source = reversed_sizes[i + 1], reversed_sizes[i]
+            last = c_out == channels and i == len(reversed_widths) - 2
+            kernel = 4 if last else 3
+            padding = 1
+            extra = target - ((source - 1) * 2 - 2 * padding + kernel)
+            up.append(nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=padding, output_padding=extra))
+            if not last:
+                up += [nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+        self.decoder = nn.Sequential(*up)
+
+    def encode(self, x):
+        h = self.encoder(x)  # (B, C, S, S) -> (B, W*s*s)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z):
+        return self.decoder(self.project(z).view(-1, *self.bottom))  # logits (B, C, S, S)
+
+    def forward(self, x, noise):
+        mu, logvar = self.encode(x)
+        return self.decode(reparameterize(mu, logvar, noise)), mu, logvar
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """z = μ + ε·σ with ε given, so the caller owns the random stream (seeded, resumable)."""
+    return mu + noise * torch.exp(0.5 * logvar)
+
+
+def build_vae(arch: str, size: int, channels: int, latent_dim: int) -> nn.Module:
+    return {"fc": FcVae, "conv": ConvVae}[arch](size=size, channels=channels, latent_dim=latent_dim)
+
+
+class StackNN(nn.Module):
+    """The reference colorizer, kept faithfully: upsampling conv, conv, then two plain Linear layers to 3x30x30.
+
+    The two Linear layers have no activation between them, as in the reference; 90 M parameters in all.
+    """
+
+    def __init__(self, size: int = 30):
+        super().__init__()
+        self.size = size
+        self.features = nn.Sequential(nn.ConvTranspose2d(1, 10, 5, stride=2), nn.ReLU(), nn.Conv2d(10, 5, 5),
+                                      nn.ReLU(), nn.Flatten())
+        side = (size - 1) * 2 + 5 - 4  # 30 -> 63 -> 59
+        self.head = nn.Sequential(nn.Linear(5 * side * side, 4500), nn.Linear(4500, 3 * size * size))
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        h = self.features(gray)  # (B, 1, S, S) -> (B, 5*59*59)
+        return torch.sigmoid(self.head(h)).view(-1, 3, self.size, self.size)
+
+
+class ConvColorizer(nn.Module):
+    """A small fully convolutional colorizer: a two-level U-Net predicting chroma added to the gray input.
+
+    Predicting the colour as gray + a residual makes the easy part (brightness) free, and skip connections keep
+    edges sharp, so it needs a fraction of StackNN's parameters.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        block = lambda c_in, c_out: nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                                                  nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                                                  nn.BatchNorm2d(c_out), nn.ReLU())
+        self.inner = block(1, width)
+        self.down = block(width, 2 * width)
+        self.bottom = block(2 * width, 4 * width)
+        self.up2 = block(6 * width, 2 * width)
+        self.up1 = block(3 * width, width)
+        self.out = nn.Conv2d(width, 3, 1)
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        size = gray.shape[-2:]
+        a = self.inner(gray)  # (B, W, S, S)
+        b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
+        c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
+        b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))
+        a = self.up1(torch.cat([a, F.interpolate(b, size=size, mode="nearest")], 1))
+        return torch.sigmoid(self.out(a) + torch.logit(gray.clamp(0.01, 0.99)))
+
+
+def build_colorizer(arch: str, size: int) -> nn.Module:
+    return StackNN(size) if arch == "stacknn" else ConvColorizer()
+
+
+def luma_of(color: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) with the shared BT.601 weights."""
+    weights = color.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return (color * weights).sum(1, keepdim=True)
+
+
+def exact_luma(color: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+    """Shift each pixel's three channels equally so its luma equals `gray` (weights sum to 1), before clipping."""
+    return color + (gray - luma_of(color))
