@@ -27,7 +27,7 @@ class PrepareParams:
     count: int = param(1044, "number of images to keep (0 = all usable images)", min=0)
     size: int = param(30, "side of the square images, in pixels", min=4, max=512)
     crop: float = param(1.0, "central fraction of each (square-cropped) image kept before resizing", min=0.05, max=1.0)
-    seed: int = param(0, "seed of the image choice and the train/test split")
+    seed: int = param(0, "seed of the image choice and the train/test split", min=0)
     test_fraction: float = param(0.1, "fraction of the images held out for testing", min=0.0, max=0.9)
     dedupe: bool = param(True, "drop near-duplicate images (perceptual hash)")
 
@@ -43,7 +43,7 @@ class VaeParams:
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
     recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",
                        choices=("bce", "mse"))
-    seed: int = param(0, "seed of initialisation, batching and noise")
+    seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ColorizeParams:
     chroma_weight: float = param(1.0, "weight of MSE(|chroma(output)|, |chroma(true)|): keeps colours vivid",
                                  min=0.0)
     exact_luma: bool = param(False, "shift each output pixel so its luma equals the gray input exactly")
-    seed: int = param(0, "seed of initialisation, batching and noise")
+    seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 
 
 @dataclass(frozen=True)

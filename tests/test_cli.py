@@ -149,7 +149,6 @@ def test_count_that_is_neither_a_number_nor_all_is_a_usage_error(pipeline):
     assert_one_clear_error_line(result, "'many'", "'all'")
 
 
-@pytest.mark.xfail(strict=True, reason="PrepareParams.seed has no min=0; numpy rejects negative seeds mid-stage")
 def test_negative_seed_fails_in_one_line_naming_the_parameter(pipeline, outputs):
     result = pipeline("prepare", "--count", "40", "--seed", "-1")
 
