@@ -6,7 +6,6 @@ stage that trains actually runs.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -68,14 +67,15 @@ def _user_errors():
 def _print_outcome(outcome: runner.Outcome, outputs: Path) -> None:
     headline = outcome.metrics.get("headline", "")
     where = outputs / outcome.stage / outcome.entry
-    if outcome.status == "cached":
-        click.echo(f"{outcome.stage}: cached (key {outcome.entry}){'  ' + headline if headline else ''}")
-    elif outcome.status == "skipped":
+    if outcome.status == "skipped":
         click.echo(f"{outcome.stage}: skipped ({outcome.reason})")
+        return
+    if outcome.status == "cached":
+        click.echo(f"{outcome.stage}: cached (key {outcome.entry}) -> {where}")
     else:
         click.echo(f"{outcome.stage}: ran in {outcome.seconds:.1f} s because {outcome.reason} -> {where}")
-        if headline:
-            click.echo(f"  {headline}")
+    if headline:
+        click.echo(f"  {headline}")
 
 
 def _write_report(outputs: Path, outcomes: list[runner.Outcome]) -> None:
@@ -178,6 +178,35 @@ def run(stages, sets, config, device, force, outputs) -> None:
         for outcome in outcomes:
             _print_outcome(outcome, outputs)
         _write_report(outputs, outcomes)
+
+
+@main.command(name="status")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.PARAM=VALUE", help="Parameters as you would pass to run.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TOML file as for run.")
+@outputs_option
+def show_status(sets, config, outputs) -> None:
+    """One line per stage: the key these settings give, whether it is cached, and if not, why it would run."""
+    with _user_errors():
+        for line in runner.status(_stage_params(sets, config), outputs):
+            state = "cached" if line.cached else f"would run: {line.reason}"
+            click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")
+
+
+@main.command()
+@click.option("--keep", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Newest entries to keep per stage (entries that kept ones depend on are kept too).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@outputs_option
+def clean(keep, dry_run, outputs) -> None:
+    """Remove old cache entries, keeping the newest N per stage and everything they depend on."""
+    with _user_errors():
+        removed = runner.clean(outputs, keep, dry_run)
+        for item in removed:
+            click.echo(f"{'would remove' if dry_run else 'removed'} {item.stage}/{item.entry}")
+        freed = sum(item.bytes for item in removed)
+        click.echo(f"{'would free' if dry_run else 'freed'} {freed / 2**20:.1f} MiB in {len(removed)} entries")
+        if not dry_run and removed:
+            _write_report(outputs, [])
 
 
 @main.command(name="params")

@@ -6,6 +6,7 @@ come straight from each entry's manifest.json, so the page can never disagree wi
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(rows: dict[str, Any], css_class: str) -> str:
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{_format(v)}</td></tr>" for k, v in rows.items())
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td class=num data-key='{html.escape(k)}' "
+                    f"data-value='{html.escape(json.dumps(v))}'>{_format(v)}</td></tr>" for k, v in rows.items())
     return f"<table class={css_class}>{cells}</table>"
 
 

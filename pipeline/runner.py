@@ -7,6 +7,7 @@ re-run" explanation behave the same for all of them.
 from __future__ import annotations
 
 import importlib
+import shutil
 import platform
 import time
 from dataclasses import dataclass, field
@@ -135,8 +136,9 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
         published = {"prepare": prepared_entry(cache)}
         for spec in specs:
             missing = [name for name in spec.upstream if name not in published]
-            if missing:
-                outcomes.append(Outcome(spec.name, "", "skipped", reason=f"needs {', '.join(missing)}"))
+            skip = spec.skip_reason(all_params) if spec.skip_reason else ""
+            if missing or skip:
+                outcomes.append(Outcome(spec.name, "", "skipped", reason=skip or f"needs {', '.join(missing)}"))
                 continue
             outcome = run_stage(cache, spec, all_params[spec.name], {n: published[n] for n in spec.upstream},
                                 settings, force=force and spec.name in tokens)
@@ -152,3 +154,67 @@ def run_prepare(prepare_params, settings: Settings, force: bool) -> Outcome:
         cache.sweep_staging()
         return run_stage(cache, stage("prepare"), prepare_params, {}, settings, force)
 
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    entry: str
+    cached: bool
+    reason: str  # why it would run; "" when cached
+
+
+def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
+    """The key each stage would get with these settings, whether it is cached, and if not, why it would run.
+
+    Keys are computed, never trained: each stage's entry name follows from its parameters and its upstream
+    entry names, so the whole chain can be predicted from the latest prepared set.
+    """
+    cache = Cache(outputs)
+    latest_prepare = cache.latest("prepare")
+    if latest_prepare is None:
+        return [StageStatus("prepare", "", False, "no prepared set: run `pipeline prepare`")]
+    entries = {"prepare": latest_prepare["entry"]}
+    report = [StageStatus("prepare", latest_prepare["entry"], True, "")]
+    for spec in plan([s.name for s in STAGES if s.name != "prepare"]):
+        key = make_key(spec, all_params[spec.name], {name: entries[name] for name in spec.upstream})
+        entries[spec.name] = key.entry
+        cached = cache.lookup(key) is not None
+        report.append(StageStatus(spec.name, key.entry, cached,
+                                  "" if cached else explain_change(cache.latest(spec.name), key)))
+    return report
+
+
+@dataclass
+class Removal:
+    stage: str
+    entry: str
+    bytes: int
+
+
+def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
+    """Remove all but the `keep` newest entries of each stage, never one that a kept downstream entry reads.
+
+    Stages are visited downstream first, so by the time a stage is cleaned, every entry still depending on it
+    is known. The entry each stage's `latest` points at is always kept.
+    """
+    cache = Cache(outputs)
+    removed: list[Removal] = []
+    needed: dict[str, set[str]] = {}
+    with cache.locked(lambda message: None):
+        for spec in reversed(STAGES):
+            entries = cache.entries(spec.name)
+            latest = cache.latest(spec.name)
+            kept = {m["entry"] for m in entries[:keep]} | needed.get(spec.name, set())
+            if latest is not None:
+                kept.add(latest["entry"])
+            for manifest in entries:
+                if manifest["entry"] in kept:
+                    for upstream, entry in manifest.get("inputs", {}).get("upstream", {}).items():
+                        needed.setdefault(upstream, set()).add(entry)
+                    continue
+                size = sum(manifest.get("files", {}).values())
+                removed.append(Removal(spec.name, manifest["entry"], size))
+                if not dry_run:
+                    shutil.rmtree(cache.entry_dir(spec.name, manifest["entry"]))
+    return removed

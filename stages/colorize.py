@@ -19,7 +19,7 @@ import torch
 from stages import metrics as m
 from stages.models import build_colorizer, exact_luma, luma_of
 from stages.params import ColorizeParams, NoParams
-from stages.registry import StageContext, StageError, StageSkipped
+from stages.registry import StageContext, StageError
 from stages.training import Job, batched, fit, resolve_device
 from stages.vae import load_prepared, traversal_labels
 from stages.viz import save_grid, save_loss_chart
@@ -118,8 +118,6 @@ def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Pat
     """Colour exactly the gray images the VAE stage wrote (samples, interpolations, traversals, reconstructions)."""
     vae_dir, colorizer_dir = inputs["vae"], inputs["colorize"]
     vae_config = torch.load(vae_dir / "model.pt", map_location="cpu", weights_only=True)["config"]
-    if vae_config["channels"] != 1:
-        raise StageSkipped("the VAE was trained on colour (vae.channels=3): its outputs need no colorizer")
     device = resolve_device(context.device)
     model, config = load_colorizer(colorizer_dir / "model.pt", device)
     exact = config["exact_luma"]

@@ -63,5 +63,12 @@ class ColorizeParams:
 
 
 @dataclass(frozen=True)
+class ConceptParams:
+    min_count: int = param(20, "fewest tagged training images a tag needs to become a concept", min=2)
+    rows: int = param(6, "test faces shown per concept edit grid", min=1, max=32)
+    seed: int = param(0, "seed of the landing-check classifier", min=0)
+
+
+@dataclass(frozen=True)
 class NoParams:
     """For stages whose result is fixed by their upstream stages alone."""

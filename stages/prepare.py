@@ -7,12 +7,14 @@ Outputs (all plain numpy / CSV / PNG, nothing pickled):
     sources.csv  index, file, content_hash of every kept image
     labels.csv   file + one column per tag (embedded faces: their factors; else the --labels CSV), if any
     preview.png  gray next to colour for the first 32 images
+    dataset.json where the images came from (embedded generator or a path), their size and count
 """
 from __future__ import annotations
 
 import collections
 import csv
 import hashlib
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -213,6 +215,8 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
         tags = [labels.get(name) for name in names]
     tag_columns = _write_labels(out_dir / "labels.csv", names, tags)
     _preview(gray, color, out_dir / "preview.png")
+    (out_dir / "dataset.json").write_text(json.dumps(
+        {"source": origin, "embedded": not params.source, "size": params.size, "images": len(chosen)}, indent=1))
 
     counts = {"read": len(kept) + sum(skipped.values()), "skipped": sum(skipped.values()),
               "skipped_by_reason": dict(skipped), "duplicates": int(duplicates.sum()), "kept": len(chosen),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Protocol
 
-from stages.params import ColorizeParams, NoParams, PrepareParams, VaeParams
+from stages.params import ColorizeParams, ConceptParams, NoParams, PrepareParams, VaeParams
 
 
 class StageSkipped(Exception):
@@ -51,6 +51,13 @@ class StageSpec:
     summary: str  # one line for the manifest and the report: what the folder holds
     follows: str = ""  # run automatically whenever this other stage runs
     fingerprint: str = ""  # "module:function" fingerprinting files read from outside the cache, if any
+    skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
+
+
+def _nothing_to_colour(all_params: dict) -> str:
+    if all_params["vae"].channels == 3:
+        return "the VAE trains on colour (vae.channels=3), so its outputs need no colorizer"
+    return ""
 
 
 def _describe_prepare(p: PrepareParams) -> str:
@@ -72,14 +79,21 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="colorize", version=1, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
-        describe=lambda p: f"{p.arch}-e{p.epochs}",
+        describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_colour,
         summary="a trained colorizer (gray -> colour) and its test metrics and test grid",
     ),
     StageSpec(
         name="vae_color", version=1, params=NoParams, upstream=("prepare", "vae", "colorize"),
         entry="stages.colorize:colorize_vae_outputs",
-        describe=lambda p: "vae-colored", follows="colorize",
+        describe=lambda p: "vae-colored", follows="colorize", skip_reason=_nothing_to_colour,
         summary="the VAE's samples, interpolations, traversals and reconstructions coloured by the colorizer",
+    ),
+    StageSpec(
+        name="concepts", version=1, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
+        entry="stages.concepts:run", describe=lambda p: f"min{p.min_count}", follows="colorize",
+        skip_reason=_nothing_to_colour,
+        summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
+                "edit grids",
     ),
 )
 

@@ -115,7 +115,9 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     save_grid(samples.cpu(), 8, out_dir / "samples.png")
     np.save(out_dir / "samples.npy", samples.cpu().numpy())
 
-    pairs = torch.randperm(len(test), generator=generator, device=device)[:2 * INTERPOLATION_PAIRS]
+    pair_count = max(1, min(INTERPOLATION_PAIRS, len(test) // 2))  # a small test split gives fewer rows
+    pairs = torch.randperm(len(test), generator=generator, device=device)[:2 * pair_count]
+    pairs = pairs.repeat(2)[:2 * pair_count]  # one test image: interpolate it with itself
     ends = test[pairs].view(-1, 2, *test.shape[1:])  # (P, 2, C, S, S)
     mu_a, mu_b = model.encode(ends[:, 0])[0], model.encode(ends[:, 1])[0]
     weights = torch.linspace(0, 1, INTERPOLATION_STEPS, device=device).view(1, -1, 1)

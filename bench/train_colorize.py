@@ -1,0 +1,79 @@
+"""Side-by-side colorizer training speed and quality: stages.training.fit against the reference DataLoader loop.
+
+Why: StackNN (90 M parameters, almost all in two Linear layers) is the slow stage. `fit` claims to train it
+several times faster than the reference loop (whole set as one tensor, index-slice batches, batch 128, fused Adam
+under a one-cycle schedule, denormals flushed) at an equal or better test PSNR in the same epochs. This measures
+both claims in one run, so a busy machine slows both sides alike.
+
+Both sides train build_colorizer('stacknn', 30) from the same seeded initialisation on the same faces (the
+embedded generator, default 1,044 as `pipeline prepare` makes, 10% held out) for the same epochs:
+  reference  DataLoader(TensorDataset(gray, colour), batch_size=64, shuffle=True), torch.optim.Adam(lr=1e-3),
+             loss MSE(colour, target) + MSE(luma(colour), gray), N(0, noise_std) noise on the input
+  ours       stages.training.fit with a Job built as stages/colorize.py's run() builds it (ColorizeParams
+             batch_size, lr, noise_std, luma_weight and chroma_weight)
+Only training is timed (fit's own clock, which leaves out its per-epoch evaluation and checkpoints). Both are then
+scored on the test faces by stages.colorize.evaluate_colorizer. `--also 64:1e-3` adds rows for other batch sizes
+/ peak learning rates of ours. The last line is `ratio: <our img/s / reference img/s>`.
+
+    python bench/train_colorize.py [--images 1044] [--epochs 2] [--prepared DIR] [--also BATCH:LR ...]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import trainbench as tb  # noqa: E402
+from stages.colorize import colorize_loss, evaluate_colorizer  # noqa: E402
+from stages.metrics import colourfulness  # noqa: E402
+from stages.models import build_colorizer, luma_of  # noqa: E402
+from stages.params import ColorizeParams  # noqa: E402
+from stages.training import Job, batched  # noqa: E402
+
+
+def main() -> None:
+    args = tb.parse_args(__doc__, images=1044, epochs=2)
+    params = ColorizeParams(epochs=args.epochs, seed=args.seed)
+    gray, gray_test, color, color_test = tb.load(args, 1, 3)
+
+    def build():
+        return build_colorizer(params.arch, gray.shape[-1])
+
+    def reference(model):
+        def loss(model, x, y):
+            out = model(x + params.noise_std * torch.randn_like(x))
+            return (out - y).pow(2).mean() + (luma_of(out) - x).pow(2).mean()
+        return tb.reference(model, (gray, color), loss, params.epochs, params.seed)
+
+    def ours(batch_size: int, lr: float):  # batch_loss and evaluate as in stages/colorize.py's run()
+        def batch_loss(model, x, y, generator):
+            noisy = x + params.noise_std * torch.randn(x.shape, generator=generator)
+            return colorize_loss(model(noisy.clamp(0, 1)), y, x, params)
+
+        def evaluate(model):
+            loss, stats = colorize_loss(batched(model, gray_test, 256), color_test, gray_test, params)
+            return {"loss": loss.item(), **{f"test_{k}": v for k, v in stats.items()}}
+
+        def train_ours(model):
+            return tb.ours(Job(model=model, train_data=(gray, color), batch_loss=batch_loss, evaluate=evaluate,
+                               epochs=params.epochs, batch_size=batch_size, lr=lr, seed=params.seed,
+                               label="colorize"))
+        return train_ours
+
+    sides = [(f"reference: DataLoader b{tb.REFERENCE_BATCH}, Adam lr 1e-3", reference),
+             (f"ours: fit b{params.batch_size}, one-cycle lr {params.lr:g} (defaults)",
+              ours(params.batch_size, params.lr))]
+    sides += [(f"ours: fit b{b}, one-cycle lr {lr:g}", ours(b, lr)) for b, lr in tb.also(args)]
+    columns = [("psnr", "test PSNR", "{:>9.2f}"), ("ssim", "SSIM", "{:>6.3f}"), ("luma_mse", "luma MSE", "{:>9.5f}"),
+               ("colourfulness_output", "colourful", "{:>9.1f}")]
+    tb.compare(f"StackNN colorizer, {params.epochs} epochs, {len(gray)} train / {len(gray_test)} test faces "
+               f"(true colourfulness {colourfulness(color_test.numpy()).mean():.1f})", len(gray) * params.epochs,
+               params.seed, build, sides, lambda model: evaluate_colorizer(model, gray_test, color_test, False),
+               columns, "psnr", lower_better=False)
+
+
+if __name__ == "__main__":
+    main()

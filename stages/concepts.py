@@ -1,0 +1,198 @@
+"""The concepts stage: directions in the VAE's latent space for tags like "hair=blonde" or "direction=left".
+
+A concept vector is the mean encoder μ of training faces with the tag minus that of faces without it. We check
+each one three ways, so a person can trust an edit before making it:
+  - separation: ROC AUC of the test faces' projection onto the vector, tagged vs untagged;
+  - consistency: decode μ + α·v, re-encode it, and measure how far the projection actually moved per unit of α;
+  - landing (embedded faces only, whose factors are exact): a logistic-regression classifier trained on the
+    prepared colour images judges whether an edit toward e.g. hair=blonde is seen as blonde afterwards.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stages.colorize import apply_colorizer, load_colorizer
+from stages.params import ConceptParams
+from stages.registry import StageContext, StageError, StageSkipped
+from stages.training import batched, resolve_device
+from stages.vae import load_prepared, load_vae
+from stages.viz import save_grid
+
+ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
+LANDING_ALPHA = 3.0
+LANDING_FACTORS = ("hair", "direction")  # embedded-face factors whose edits are judged by a classifier
+
+
+def read_tags(path: Path) -> dict[str, np.ndarray]:
+    """labels.csv -> {"column=value": bool mask over images}; a cell may hold several values joined by ';'."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    masks: dict[str, np.ndarray] = {}
+    for i, row in enumerate(rows):
+        for column, cell in row.items():
+            if column == "file" or not cell:
+                continue
+            for value in filter(None, (v.strip() for v in cell.split(";"))):
+                masks.setdefault(f"{column}={value}", np.zeros(len(rows), bool))[i] = True
+    return masks
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a tagged face projects further along the concept than an untagged one (ties count half)."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average rank of tied scores, 1-based
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def file_stem(concept: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", concept).strip("-")
+
+
+def _encode(model, images: torch.Tensor) -> torch.Tensor:
+    return batched(lambda x: model.encode(x)[0], images)
+
+
+def _decode(model, z: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(batched(model.decode, z))
+
+
+def edit_consistency(model, mu: torch.Tensor, vector: torch.Tensor) -> float:
+    """Mean (projection moved after decode + re-encode) / (α·|v| applied), over faces and α ≠ 0; 1 is perfect."""
+    unit = vector / vector.norm()
+    alphas = torch.tensor([a for a in ALPHAS if a != 0], device=mu.device)
+    edited = mu[:, None] + alphas[None, :, None] * vector  # (F, A, Z)
+    start = _encode(model, _decode(model, mu)) @ unit  # (F,)
+    moved = (_encode(model, _decode(model, edited.flatten(0, 1))) @ unit).view(len(mu), -1) - start[:, None]
+    return (moved / (alphas * vector.norm())).mean().item()
+
+
+def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int) -> torch.nn.Module:
+    """Multinomial logistic regression on pixels: a simple, independent judge of what an image shows."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(images[0].numel(), classes).to(images.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    flat = images.flatten(1)
+    for _ in range(300):
+        loss = F.cross_entropy(model(flat), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, exact: bool, color: torch.Tensor,
+                  train: np.ndarray, starts: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
+    """For factor concepts: share of edited faces (α = LANDING_ALPHA) the pixel classifier assigns to the target."""
+    rates = {}
+    for factor in LANDING_FACTORS:
+        values = sorted(name for name in masks if name.startswith(f"{factor}="))
+        if len(values) < 2:
+            continue
+        label_of = np.stack([masks[v] for v in values]).argmax(0)
+        judge = train_pixel_classifier(color[train], torch.from_numpy(label_of[train]).to(color.device), len(values),
+                                       seed)
+        for target, name in enumerate(values):
+            if name not in concepts:
+                continue
+            with torch.no_grad():
+                edited = _decode(vae, starts[name] + LANDING_ALPHA * concepts[name]["vector"])
+                coloured, _ = apply_colorizer(colorizer, edited, exact)
+                verdict = judge(coloured.flatten(1)).argmax(1)
+            rates[name] = (verdict == target).float().mean().item()
+    return rates
+
+
+def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    prepared = inputs["prepare"]
+    if not (prepared / "labels.csv").is_file():
+        raise StageSkipped("the prepared set has no labels: use `pipeline prepare --labels tags.csv` "
+                           "(the embedded faces bring their own)")
+    device = resolve_device(context.device)
+    vae, vae_config = load_vae(inputs["vae"] / "model.pt", device)
+    colorizer, colorizer_config = load_colorizer(inputs["colorize"] / "model.pt", device)
+    images_np, train, test = load_prepared(prepared, vae_config["channels"])
+    color_np, _, _ = load_prepared(prepared, 3)
+    images, color = torch.from_numpy(images_np).to(device), torch.from_numpy(color_np).to(device)
+    masks = read_tags(prepared / "labels.csv")
+    with torch.no_grad():
+        mu = _encode(vae, images)
+
+    concepts, starts = {}, {}
+    for name, mask in sorted(masks.items()):
+        tagged_train, tagged_test = mask[train], mask[test]
+        if tagged_train.sum() < params.min_count or (~tagged_train).sum() == 0:
+            continue
+        vector = mu[train][torch.from_numpy(tagged_train)].mean(0) - mu[train][torch.from_numpy(~tagged_train)].mean(0)
+        projection = (mu[test] @ vector).cpu().numpy()
+        auc = roc_auc(projection, tagged_test) if 0 < tagged_test.sum() < len(test) else float("nan")
+        untagged = test[~tagged_test][:params.rows]
+        start = mu[untagged]
+        with torch.no_grad():
+            edits = _decode(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
+                            .flatten(0, 1))
+            consistency = edit_consistency(vae, start, vector)
+            coloured, _ = apply_colorizer(colorizer, edits, colorizer_config["exact_luma"])
+        stem = file_stem(name)
+        save_grid(edits.cpu(), len(ALPHAS), out_dir / f"concept_{stem}.png")
+        save_grid(coloured.cpu(), len(ALPHAS), out_dir / f"concept_{stem}_color.png")
+        concepts[name] = {"vector": vector, "train_tagged": int(tagged_train.sum()),
+                          "train_untagged": int((~tagged_train).sum()), "test_tagged": int(tagged_test.sum()),
+                          "test_auc": auc, "edit_consistency": consistency, "grid": f"concept_{stem}.png",
+                          "grid_color": f"concept_{stem}_color.png"}
+        starts[name] = start
+    if not concepts:
+        raise StageSkipped(f"no tag has at least {params.min_count} tagged training images")
+
+    landing = {}
+    if json.loads((prepared / "dataset.json").read_text())["embedded"]:
+        landing = landing_rates(concepts, masks, vae, colorizer, colorizer_config["exact_luma"], color, train,
+                                starts, params.seed)
+    for name, rate in landing.items():
+        concepts[name]["landing_rate"] = rate
+
+    names = sorted(concepts)
+    np.savez(out_dir / "concepts.npz", names=np.array(names), vectors=np.stack(
+        [concepts[n]["vector"].cpu().numpy() for n in names]), train_tagged=np.array(
+        [concepts[n]["train_tagged"] for n in names]))
+    table = {n: {k: v for k, v in concepts[n].items() if k != "vector"} for n in names}
+    (out_dir / "concepts.json").write_text(json.dumps(table, indent=1))
+    aucs = [c["test_auc"] for c in table.values() if np.isfinite(c["test_auc"])]
+    result = {"concepts": len(names), "mean_test_auc": float(np.mean(aucs)) if aucs else float("nan"),
+              "mean_edit_consistency": float(np.mean([c["edit_consistency"] for c in table.values()]))}
+    if landing:
+        result["mean_landing_rate"] = float(np.mean(list(landing.values())))
+    result["headline"] = (f"{len(names)} concepts, mean test AUC {result['mean_test_auc']:.2f}, mean edit "
+                          f"consistency {result['mean_edit_consistency']:.2f}"
+                          + (f", edits land {100 * result['mean_landing_rate']:.0f}% of the time"
+                             if landing else ""))
+    return result
+
+
+def edit_picture(pixels: np.ndarray, concepts_dir: Path, vae_dir: Path, colorizer_dir: Path,
+                 edits: list[tuple[str, float]], device_name: str) -> np.ndarray:
+    """A prepared (S, S) uint8 gray picture -> strip (S, 4*S, 3) uint8: input | reconstruction | edited | coloured."""
+    device = resolve_device(device_name)
+    saved = np.load(concepts_dir / "concepts.npz", allow_pickle=False)
+    vectors = dict(zip(saved["names"].tolist(), saved["vectors"]))
+    unknown = [name for name, _ in edits if name not in vectors]
+    if unknown:
+        raise StageError(f"unknown concept {', '.join(unknown)}: available: {', '.join(sorted(vectors))}")
+    vae, _ = load_vae(vae_dir / "model.pt", device)
+    colorizer, config = load_colorizer(colorizer_dir / "model.pt", device)
+    gray = torch.from_numpy(pixels.astype(np.float32) / 255).to(device)[None, None]
+    with torch.no_grad():
+        mu = vae.encode(gray)[0]
+        shift = sum(amount * torch.from_numpy(vectors[name]).to(device) for name, amount in edits)
+        reconstruction, edited = _decode(vae, torch.cat([mu, mu + shift]))
+        coloured, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
+    panels = [gray[0], reconstruction, edited]
+    strip = torch.cat([p.expand(3, -1, -1) for p in panels] + [coloured[0]], 2)  # (3, S, 4S)
+    return (strip.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)

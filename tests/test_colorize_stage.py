@@ -1,0 +1,279 @@
+"""Specification of the colorize and vae_color stages: artifacts, metrics, exact luma and what re-runs when.
+
+Speed: the StackNN colorizer's Linear layers grow with the image side (90 M parameters at 30x30), so everything
+here runs on 12x12 faces (about 14 M). One VAE + colorizer is trained once and shared by the read-only tests;
+tests that change the cache start from a copy of it. torch runs on one thread (see test_vae_stage.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+import stages.colorize
+import stages.vae
+from conftest import latest_entry, read_manifest
+from pipeline.cli import main
+from stages import viz
+from stages.models import exact_luma
+
+GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
+SIDE = 12
+TEST_IMAGES = 19  # 48 faces with --test-fraction 0.4
+PREPARE = ("prepare", "--count", "48", "--size", str(SIDE), "--test-fraction", "0.4")
+VAE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=3", "--set", "vae.epochs=2", "--set", "vae.batch_size=16",
+       "--set", "vae.lr=3e-3", "--set", "vae.seed=0")
+COLORIZE = ("--set", "colorize.arch=stacknn", "--set", "colorize.epochs=4", "--set", "colorize.batch_size=16",
+            "--set", "colorize.lr=1e-3", "--set", "colorize.noise_std=0.05", "--set", "colorize.luma_weight=1",
+            "--set", "colorize.chroma_weight=1", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
+ONE_EPOCH = ("--set", "colorize.epochs=1")
+BT601 = (0.299, 0.587, 0.114)  # written out here, independently of stages.luma
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(outputs: Path, *args) -> Result:
+    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
+
+
+def succeeded(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def expected_grid_size(rows: int, columns: int, side: int = SIDE) -> tuple[int, int]:
+    """(width, height) of a stages.viz grid: cells scaled up by an integer factor, 4 px gutters around each."""
+    cell = side * max(1, viz._TARGET_CELL // side)
+    return columns * (cell + GRID_PADDING) + GRID_PADDING, rows * (cell + GRID_PADDING) + GRID_PADDING
+
+
+def decoded_png(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+def summary_line(result: Result, stage: str) -> str:
+    [line] = [line for line in result.output.splitlines() if line.startswith(f"{stage}: ")]
+    return line
+
+
+def metrics_of(entry: Path) -> dict:
+    return json.loads((entry / "metrics.json").read_text())
+
+
+def must_not_run(name: str):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} ran although its result is cached")
+    return fail
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
+    succeeded(cli(outputs, *PREPARE))
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> tuple[Path, Result]:
+    """(outputs, result) of `run --stages vae,colorize` on the shared set; read it, never change it."""
+    outputs = tmp_path_factory.mktemp("trained") / "outputs"
+    shutil.copytree(prepared, outputs, symlinks=True)
+    return outputs, succeeded(cli(outputs, "run", "--stages", "vae,colorize", *VAE, *COLORIZE))
+
+
+@pytest.fixture
+def copy_of(outputs):
+    def copy(folder: Path) -> Path:
+        shutil.copytree(folder, outputs, symlinks=True)
+        return outputs
+    return copy
+
+
+# ----- what a trained colorizer leaves behind ------------------------------------------------------------------------
+
+
+def test_colorize_writes_model_metrics_history_and_grids(trained):
+    outputs, result = trained
+    entry = latest_entry(outputs, "colorize")
+
+    assert summary_line(result, "colorize").startswith("colorize: ran")
+    assert {"model.pt", "metrics.json", "history.json", "loss.png", "test_colorized.png"} <= {
+        p.name for p in entry.iterdir()}
+    shown = min(stages.colorize.TEST_GRID, TEST_IMAGES)
+    grid = decoded_png(entry / "test_colorized.png")
+    assert grid.mode == "RGB" and grid.size == expected_grid_size(3, shown), "rows: gray | colorized | truth"
+    assert decoded_png(entry / "loss.png").mode == "RGB"
+    saved = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["config"] == {"arch": "stacknn", "size": SIDE, "exact_luma": False}
+
+
+def test_colorize_metrics_are_finite(trained):
+    outputs, _ = trained
+    metrics = metrics_of(latest_entry(outputs, "colorize"))
+
+    for name in ("psnr", "ssim", "luma_mse", "colourfulness_ratio", "luma_mse_before_clipping"):
+        assert math.isfinite(metrics[name]), name
+    assert metrics["psnr"] > 0 and -1 <= metrics["ssim"] <= 1
+    assert 0 <= metrics["luma_mse"] < 1 and metrics["colourfulness_ratio"] >= 0
+    assert metrics["epochs"] == 4 and metrics["parameters"] > 0
+    assert read_manifest(latest_entry(outputs, "colorize"))["metrics"] == metrics
+
+
+def test_luma_loss_falls_during_training(trained):
+    outputs, _ = trained
+    history = json.loads((latest_entry(outputs, "colorize") / "history.json").read_text())
+
+    assert len(history["test_luma_mse"]) == 4
+    assert history["test_luma_mse"][-1] < history["test_luma_mse"][0]
+    assert history["train_luma_mse"][-1] < history["train_luma_mse"][0]
+
+
+@pytest.mark.parametrize("name, rows, columns", [
+    ("samples_color.png", 8, 8),
+    ("interpolation_color.png", stages.vae.INTERPOLATION_PAIRS, stages.vae.INTERPOLATION_STEPS + 2),
+    ("reconstructions_color.png", 4, min(stages.vae.RECONSTRUCTIONS, TEST_IMAGES)),
+])
+def test_vae_outputs_are_coloured_into_rgb_grids_of_the_same_layout(trained, name, rows, columns):
+    outputs, result = trained
+    entry = latest_entry(outputs, "vae_color")
+
+    image = decoded_png(entry / name)
+
+    assert summary_line(result, "vae_color").startswith("vae_color: ran")
+    assert image.mode == "RGB"
+    assert image.size == expected_grid_size(rows, columns)
+    pixels = np.asarray(image).astype(int)
+    assert (pixels[..., 0] != pixels[..., 1]).any() or (pixels[..., 1] != pixels[..., 2]).any(), "not gray"
+
+
+def test_coloured_traversal_keeps_one_labelled_row_per_latent_dimension(trained):
+    outputs, _ = trained
+    entry = latest_entry(outputs, "vae_color")
+    grid_width, grid_height = expected_grid_size(3, stages.vae.TRAVERSAL_STEPS)
+
+    image = decoded_png(entry / "traversal_color.png")
+
+    assert image.mode == "RGB" and image.height == grid_height and image.width > grid_width
+    assert np.load(entry / "traversal_color.npy").shape == (3, stages.vae.TRAVERSAL_STEPS, 3, SIDE, SIDE)
+
+
+def test_coloured_samples_are_the_vae_samples_in_colour(trained):
+    outputs, _ = trained
+    gray = np.load(latest_entry(outputs, "vae") / "samples.npy")[:, 0]
+    colour = np.load(latest_entry(outputs, "vae_color") / "samples_color.npy")
+
+    assert colour.shape == (len(gray), 3, SIDE, SIDE)
+    luma = sum(w * colour[:, c] for c, w in enumerate(BT601))
+    assert np.abs(luma - gray).mean() < 0.25, "the colour follows the gray image's brightness"
+
+
+# ----- exact luma ------------------------------------------------------------------------------------------------------
+
+
+def test_exact_luma_shift_makes_luma_equal_gray_before_clipping():
+    generator = torch.Generator().manual_seed(0)
+    color = torch.rand(8, 3, 12, 12, generator=generator) * 1.4 - 0.2  # some channels outside [0,1]
+    gray = torch.rand(8, 1, 12, 12, generator=generator)
+
+    shifted = exact_luma(color, gray)
+
+    luma = sum(w * shifted[:, c:c + 1] for c, w in enumerate(BT601))
+    assert shifted.shape == color.shape
+    assert (luma - gray).abs().max().item() <= 1e-6
+    chroma_before = color - color.mean(1, keepdim=True)
+    chroma_after = shifted - shifted.mean(1, keepdim=True)
+    assert torch.allclose(chroma_before, chroma_after, atol=1e-6), "all three channels move by the same amount"
+
+
+def test_exact_luma_option_makes_the_colorizer_keep_the_gray_levels(trained, copy_of, pipeline, outputs, monkeypatch):
+    copy_of(trained[0])
+    plain = metrics_of(latest_entry(outputs, "colorize"))
+    monkeypatch.setattr(stages.vae, "run", must_not_run("vae"))
+
+    result = succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH,
+                                "--set", "colorize.exact_luma=true"))
+
+    metrics = metrics_of(latest_entry(outputs, "colorize"))
+    assert "colorize.exact_luma False -> True" in summary_line(result, "colorize")
+    assert metrics["luma_mse_before_clipping"] <= 1e-6
+    assert plain["luma_mse_before_clipping"] > 1e-4, "without the option the luma is only learned, not exact"
+
+
+# ----- what re-runs when ------------------------------------------------------------------------------------------------
+
+
+def test_changed_vae_param_reuses_colorizer(trained, copy_of, pipeline, outputs, monkeypatch):
+    copy_of(trained[0])
+    colorizer = latest_entry(outputs, "colorize")
+    monkeypatch.setattr(stages.colorize, "run", must_not_run("the colorizer"))
+
+    result = succeeded(pipeline("run", "--stages", "vae,colorize", *VAE, *COLORIZE, "--set", "vae.latent_dim=2"))
+
+    assert summary_line(result, "vae").startswith("vae: ran")
+    assert "vae.latent_dim 3 -> 2" in summary_line(result, "vae")
+    assert summary_line(result, "colorize").startswith(f"colorize: cached (key {colorizer.name})")
+    assert summary_line(result, "vae_color").startswith("vae_color: ran")
+    assert "vae changed" in summary_line(result, "vae_color")
+    coloured = np.load(latest_entry(outputs, "vae_color") / "traversal_color.npy")
+    assert coloured.shape[0] == 2, "the new VAE's two latent dimensions were coloured"
+
+
+def test_changed_colorize_param_retrains_colorizer_and_reuses_vae(trained, copy_of, pipeline, outputs, monkeypatch):
+    copy_of(trained[0])
+    vae = latest_entry(outputs, "vae")
+    monkeypatch.setattr(stages.vae, "run", must_not_run("the VAE"))
+
+    result = succeeded(pipeline("run", "--stages", "vae,colorize", *VAE, *COLORIZE, *ONE_EPOCH,
+                                "--set", "colorize.noise_std=0.1"))
+
+    assert summary_line(result, "vae").startswith(f"vae: cached (key {vae.name})")
+    assert summary_line(result, "colorize").startswith("colorize: ran")
+    assert "colorize.noise_std 0.05 -> 0.1" in summary_line(result, "colorize")
+    assert summary_line(result, "vae_color").startswith("vae_color: ran")
+    assert read_manifest(latest_entry(outputs, "colorize"))["params"]["noise_std"] == 0.1
+
+
+def test_colorize_alone_trains_the_missing_vae_first(prepared, copy_of, pipeline, outputs):
+    """vae_color follows colorize and needs a VAE, so asking for colorize alone trains the VAE too."""
+    copy_of(prepared)
+
+    result = succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH))
+
+    stages_in_order = [line.split(":")[0] for line in result.output.splitlines()
+                       if line.split(":")[0] in ("vae", "colorize", "vae_color") and ": ran" in line]
+    assert stages_in_order == ["vae", "colorize", "vae_color"], result.output
+    for stage in ("vae", "colorize", "vae_color"):
+        assert (latest_entry(outputs, stage) / "manifest.json").is_file()
+
+
+def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipeline, outputs):
+    copy_of(trained[0])
+    stacknn = metrics_of(latest_entry(outputs, "colorize"))
+
+    succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH, "--set", "colorize.arch=conv"))
+
+    entry = latest_entry(outputs, "colorize")
+    conv = metrics_of(entry)
+    assert read_manifest(entry)["params"]["arch"] == "conv"
+    assert math.isfinite(conv["psnr"]) and math.isfinite(conv["luma_mse"])
+    assert conv["parameters"] * 10 < stacknn["parameters"]
+    assert decoded_png(entry / "test_colorized.png").size == expected_grid_size(
+        3, min(stages.colorize.TEST_GRID, TEST_IMAGES))
+    model, config = stages.colorize.load_colorizer(entry / "model.pt", torch.device("cpu"))
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, SIDE, SIDE)).shape == (2, 3, SIDE, SIDE)
