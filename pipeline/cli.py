@@ -209,6 +209,31 @@ def clean(keep, dry_run, outputs) -> None:
             _write_report(outputs, [])
 
 
+def _parse_concept(value: str) -> str:
+    if "=" not in value:
+        raise click.BadParameter(f"{value!r}: write it as TAG=VALUE, e.g. hair=blonde")
+    return value
+
+
+@main.command()
+@click.argument("picture", type=click.Path(path_type=Path))
+@click.option("--concept", "concepts", multiple=True, required=True, callback=lambda c, p, v: [_parse_concept(x) for x in v],
+              help="A concept to add, e.g. hair=blonde (repeatable).")
+@click.option("--amount", "amounts", multiple=True, type=float,
+              help="How far to move along each --concept, in order (default 1.5; the last one repeats).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("edited.png"),
+              show_default=True, help="Where to write the strip: input | reconstruction | edited | coloured.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@outputs_option
+def edit(picture, concepts, amounts, output, device, outputs) -> None:
+    """Edit your own picture along concept vectors (hair=blonde, eyes=blue, direction=left, ...)."""
+    with _user_errors():
+        amounts = list(amounts) or [1.5]
+        pairs = [(name, amounts[min(i, len(amounts) - 1)]) for i, name in enumerate(concepts)]
+        runner.edit(picture, pairs, output, _settings(outputs, device))
+        click.echo(f"wrote {output}: input | reconstruction | edited gray | edited colour")
+
+
 @main.command(name="params")
 def list_params() -> None:
     """List every stage parameter with its default and meaning."""

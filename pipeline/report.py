@@ -22,7 +22,7 @@ img.px{image-rendering:pixelated;image-rendering:crisp-edges;max-width:100%;bord
 table{border-collapse:collapse;font-size:.88em;margin:.6em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 details{margin:.5em 0} .tag{display:inline-block;padding:0 .5em;border-radius:.8em;font-size:.8em}
-.ran{background:#dff3df} .cached{background:#e4ecfb} .skipped{background:#f6e7cc}
+.ran{background:#dff3df} .cached{background:#e4ecfb} .skipped{background:#f6e7cc} .earlier{background:#eee}
 """
 
 # Which images each stage shows, in order, with the caption a person needs to read them.
@@ -41,6 +41,23 @@ _IMAGES = {
                   ("interpolation_color.png", "interpolations, colorized"),
                   ("traversal_color.png", "latent traversals, colorized")],
 }
+
+
+def _images(folder: Path, stage: str) -> list[tuple[str, str]]:
+    """The (file, caption) pairs a stage's entry shows; concept grids are listed by the entry's concepts.json."""
+    if stage != "concepts":
+        return _IMAGES.get(stage, [])
+    try:
+        table = json.loads((folder / "concepts.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    shown = []
+    for name, facts in table.items():
+        landing = f" · edits land {100 * facts['landing_rate']:.0f}%" if "landing_rate" in facts else ""
+        caption = (f"{name}: test AUC {facts['test_auc']:.2f} · consistency {facts['edit_consistency']:.2f}{landing}"
+                   f" · columns α = -2 … 3")
+        shown.append((facts["grid_color"], caption))
+    return shown
 
 
 def _format(value: Any) -> str:
@@ -67,9 +84,8 @@ def _stage_section(cache: Cache, stage: str, outcome) -> str:
     if latest is None:
         return ""
     folder = f"{stage}/{latest['entry']}"
-    status = getattr(outcome, "status", None) or "from an earlier command"
-    css = status if status in ("ran", "cached", "skipped") else "cached"
-    parts = [f"<h2 id={stage}>{stage} <span class='tag {css}'>{html.escape(status)}</span></h2>",
+    status = getattr(outcome, "status", "earlier")
+    parts = [f"<h2 id={stage}>{stage} <span class='tag {status}'>{html.escape(status)}</span></h2>",
              f"<p class=meta>{html.escape(latest.get('summary', ''))}<br>"
              f"<a href='{folder}/'>{html.escape(folder)}</a> · finished {html.escape(latest.get('finished', ''))}"
              f" · took {latest.get('seconds', 0):.1f} s · built because {html.escape(latest.get('reason', ''))}</p>"]
@@ -78,7 +94,7 @@ def _stage_section(cache: Cache, stage: str, outcome) -> str:
     figures = [f"<figure><a href='{folder}/{name}'><img class=px src='{folder}/{name}' alt='{name}'"
                f" style='width:{_display_width(cache.root / folder / name)}px'></a>"
                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-               for name, caption in _IMAGES.get(stage, []) if (cache.root / folder / name).is_file()]
+               for name, caption in _images(cache.root / folder, stage) if (cache.root / folder / name).is_file()]
     parts.append(f"<div class=grid>{''.join(figures)}</div>")
     parts.append("<div class=grid><div><h3>metrics</h3>"
                  + _table(scalar_metrics(latest.get("metrics", {})), "metrics")
@@ -94,12 +110,30 @@ def _stage_section(cache: Cache, stage: str, outcome) -> str:
 
 
 def _display_width(path: Path) -> int:
-    """Small grids are drawn 3x larger (pixelated) so 30x30 faces are visible; large ones fit the page."""
+    """Tiny images are drawn 3x larger (pixelated) so 30x30 faces are visible; grids share the row two by two."""
     from PIL import Image
 
     with Image.open(path) as image:
         width = image.width
-    return min(width * 3 if width < 400 else width, 1100)
+    return width * 3 if width < 200 else min(width, 540)
+
+
+def _overview(cache: Cache, outcomes: dict[str, Any]) -> str:
+    """One row per stage at the top of the page: what this command did, and the stage's headline result."""
+    rows = []
+    for spec in STAGES:
+        latest = cache.latest(spec.name)
+        outcome = outcomes.get(spec.name)
+        if latest is None and outcome is None:
+            continue
+        status = getattr(outcome, "status", "earlier")
+        reason = getattr(outcome, "reason", "")
+        headline = (latest or {}).get("metrics", {}).get("headline", "") if status != "skipped" else reason
+        entry = f"<a href='#{spec.name}'>{spec.name}</a>"
+        rows.append(f"<tr><td>{entry}</td><td><span class='tag {status}'>{html.escape(status)}</span></td>"
+                    f"<td class=num>{(latest or {}).get('seconds', 0):.1f} s</td><td>{html.escape(headline)}</td></tr>")
+    return ("<table><tr><th>stage</th><th>this command</th><th>took</th><th>result</th></tr>"
+            + "".join(rows) + "</table>") if rows else ""
 
 
 def write_report(root: Path, outcomes: dict[str, Any]) -> Path:
@@ -107,6 +141,7 @@ def write_report(root: Path, outcomes: dict[str, Any]) -> Path:
     cache = Cache(root)
     sections = [_stage_section(cache, spec.name, outcomes.get(spec.name)) for spec in STAGES]
     body = "\n".join(s for s in sections if s) or "<p>Nothing here yet: run <code>pipeline prepare</code>.</p>"
+    body = _overview(cache, outcomes) + body
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>pipeline results</title>"
             f"<style>{_STYLE}</style></head><body><h1>pipeline results</h1>"
             f"<p class=meta>Latest entry of each stage. Every folder holds a manifest.json with the parameters, "

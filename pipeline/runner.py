@@ -218,3 +218,15 @@ def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
                 if not dry_run:
                     shutil.rmtree(cache.entry_dir(spec.name, manifest["entry"]))
     return removed
+
+
+def edit(picture: Path, edits: list[tuple[str, float]], output: Path, settings: Settings) -> None:
+    """`pipeline edit`: apply concept vectors to a user's picture with the latest concepts entry and its inputs."""
+    cache = Cache(settings.outputs)
+    concepts = cache.latest("concepts")
+    if concepts is None:
+        raise UsageError(f"no concept vectors in {cache.root}: run `pipeline run --stages vae,colorize,concepts` "
+                         "on a labelled set first")
+    inputs = {name: cache.entry_dir(name, entry) for name, entry in concepts["inputs"]["upstream"].items()}
+    inputs["concepts"] = cache.entry_dir("concepts", concepts["entry"])
+    _load("stages.concepts:edit_picture")(picture, inputs, edits, output, settings.device)

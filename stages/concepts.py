@@ -23,6 +23,8 @@ from stages.params import ConceptParams
 from stages.registry import StageContext, StageError, StageSkipped
 from stages.training import batched, resolve_device
 from stages.vae import load_prepared, load_vae
+from stages.luma import luma_uint8
+from stages.sources import SourceError, decode_file
 from stages.viz import save_grid
 
 ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
@@ -176,23 +178,32 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
     return result
 
 
-def edit_picture(pixels: np.ndarray, concepts_dir: Path, vae_dir: Path, colorizer_dir: Path,
-                 edits: list[tuple[str, float]], device_name: str) -> np.ndarray:
-    """A prepared (S, S) uint8 gray picture -> strip (S, 4*S, 3) uint8: input | reconstruction | edited | coloured."""
+def edit_picture(picture: Path, inputs: dict[str, Path], edits: list[tuple[str, float]], output: Path,
+                 device_name: str) -> None:
+    """Write a strip input | reconstruction | edited gray | edited colour for a user's own picture.
+
+    The picture goes through exactly what `prepare` does to every image (centre square, crop, resize, luma), so
+    the VAE sees it as it saw its training set. `inputs` holds the prepare, vae, colorize and concepts entries.
+    """
     device = resolve_device(device_name)
-    saved = np.load(concepts_dir / "concepts.npz", allow_pickle=False)
+    saved = np.load(inputs["concepts"] / "concepts.npz", allow_pickle=False)
     vectors = dict(zip(saved["names"].tolist(), saved["vectors"]))
     unknown = [name for name, _ in edits if name not in vectors]
     if unknown:
         raise StageError(f"unknown concept {', '.join(unknown)}: available: {', '.join(sorted(vectors))}")
-    vae, _ = load_vae(vae_dir / "model.pt", device)
-    colorizer, config = load_colorizer(colorizer_dir / "model.pt", device)
-    gray = torch.from_numpy(pixels.astype(np.float32) / 255).to(device)[None, None]
+    prepared = json.loads((inputs["prepare"] / "manifest.json").read_text())["params"]
+    try:
+        pixels = luma_uint8(decode_file(picture, prepared["size"], prepared["crop"]))
+    except SourceError as error:
+        raise StageError(str(error)) from None
+    vae, _ = load_vae(inputs["vae"] / "model.pt", device)
+    colorizer, config = load_colorizer(inputs["colorize"] / "model.pt", device)
+    gray = torch.from_numpy(pixels.astype(np.float32) / 255).to(device)[None, None]  # (1, 1, S, S)
     with torch.no_grad():
         mu = vae.encode(gray)[0]
         shift = sum(amount * torch.from_numpy(vectors[name]).to(device) for name, amount in edits)
         reconstruction, edited = _decode(vae, torch.cat([mu, mu + shift]))
         coloured, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
-    panels = [gray[0], reconstruction, edited]
-    strip = torch.cat([p.expand(3, -1, -1) for p in panels] + [coloured[0]], 2)  # (3, S, 4S)
-    return (strip.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    panels = torch.stack([gray[0].expand(3, -1, -1), reconstruction.expand(3, -1, -1),
+                          edited.expand(3, -1, -1), coloured[0]])
+    save_grid(panels.cpu(), 4, output)

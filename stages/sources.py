@@ -141,6 +141,17 @@ def resize_square(rgb: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
 
+def decode_file(path: Path, size: int, crop: float = 1.0) -> np.ndarray:
+    """One picture file -> (size, size, 3) uint8, exactly as a folder source decodes it; SourceError if unusable."""
+    if not Path(path).is_file():
+        raise SourceError(f"picture not found: {path}: check the path")
+    batch = _decode_batch([_Task(str(path), path=str(path))], size, crop)
+    if batch.skip_reasons[0] is not None:
+        raise SourceError(f"{path} cannot be used: {batch.skip_reasons[0]}: give a JPEG, PNG, WebP, BMP, GIF or "
+                          "TIFF picture")
+    return batch.pixels[0]
+
+
 @lru_cache(maxsize=256)
 def _lanczos_matrix(length: int, side: float, size: int) -> np.ndarray:
     """(size, length) weights resampling the centred span of ``side`` pixels (of ``length``) to ``size`` samples."""
