@@ -20,9 +20,9 @@ from stages import metrics as m
 from stages.models import build_colorizer, exact_luma, luma_of
 from stages.params import ColorizeParams, NoParams
 from stages.registry import StageContext, StageError
-from stages.training import Job, batched, fit, resolve_device
+from stages.training import Job, batched, fit, load_model, resolve_device, save_model, write_training_record
 from stages.vae import load_prepared, traversal_labels
-from stages.viz import save_grid, save_loss_chart
+from stages.viz import save_grid
 
 TEST_GRID = 16
 
@@ -79,20 +79,16 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
               evaluate=evaluate, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr, seed=params.seed,
               label="colorize")
     history = fit(job, context, device)
-    torch.save({"state_dict": model.state_dict(), "config": {"arch": params.arch, "size": gray.shape[-1],
-                                                              "exact_luma": params.exact_luma}}, out_dir / "model.pt")
+    save_model(out_dir / "model.pt", model, {"arch": params.arch, "size": gray.shape[-1],
+                                              "exact_luma": params.exact_luma})
 
     results = evaluate_colorizer(model, gray[test_index], color[test_index], params.exact_luma)
     results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
-    results.update(train_seconds=round(history.seconds, 2), epochs=params.epochs,
-                   images_per_second=round(history.images / max(history.seconds, 1e-9), 1),
-                   parameters=sum(p.numel() for p in model.parameters()))
+    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms)"))
     shown = test_index[:TEST_GRID]
     colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
     save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
               out_dir / "test_colorized.png")
-    (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
-    save_loss_chart({"train": history.train, "test": history.test}, out_dir / "loss.png", "colorize loss (MSE terms)")
     results["headline"] = (f"test PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, luma MSE "
                            f"{results['luma_mse']:.5f}, colourfulness ratio {results['colourfulness_ratio']:.2f}, "
                            f"{results['images_per_second']:.0f} img/s")
@@ -101,10 +97,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
 
 
 def load_colorizer(path: Path, device: torch.device):
-    saved = torch.load(path, map_location=device, weights_only=True)
-    model = build_colorizer(saved["config"]["arch"], saved["config"]["size"]).to(device)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), saved["config"]
+    return load_model(path, device, lambda c: build_colorizer(c["arch"], c["size"]))
 
 
 def _colour_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:

@@ -53,14 +53,14 @@ class ConvVae(nn.Module):
     `output_padding`, so 30 -> 15 -> 8 -> 4 and back. Widths double with depth, capped at 256.
     """
 
-    def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 32):
+    def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 16):
         super().__init__()
         self.sizes = _down_sizes(size)
         widths = [channels] + [min(width * 2 ** i, 256) for i in range(len(self.sizes) - 1)]
         down = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            down += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1) if c_in == channels else
-                     nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+            kernel = 4 if i == 0 else 3  # 4x4 on the input halves an even side exactly: 30 -> 15
+            down += [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.encoder = nn.Sequential(*down, nn.Flatten())
         self.bottom = (widths[-1], self.sizes[-1], self.sizes[-1])
         flat = widths[-1] * self.sizes[-1] ** 2
@@ -71,7 +71,7 @@ class ConvVae(nn.Module):
         reversed_widths, reversed_sizes = widths[::-1], self.sizes[::-1]
         for i, (c_in, c_out) in enumerate(zip(reversed_widths[:-1], reversed_widths[1:])):
             target, source = reversed_sizes[i + 1], reversed_sizes[i]
-            last = c_out == channels and i == len(reversed_widths) - 2
+            last = i == len(reversed_widths) - 2
             kernel = 4 if last else 3
             padding = 1
             extra = target - ((source - 1) * 2 - 2 * padding + kernel)
@@ -97,8 +97,10 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) 
     return mu + noise * torch.exp(0.5 * logvar)
 
 
-def build_vae(arch: str, size: int, channels: int, latent_dim: int) -> nn.Module:
-    return {"fc": FcVae, "conv": ConvVae}[arch](size=size, channels=channels, latent_dim=latent_dim)
+def build_vae(arch: str, size: int, channels: int, latent_dim: int, width: int = 16) -> nn.Module:
+    if arch == "fc":
+        return FcVae(size=size, channels=channels, latent_dim=latent_dim)
+    return ConvVae(size=size, channels=channels, latent_dim=latent_dim, width=width)
 
 
 class StackNN(nn.Module):

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Callable
 import torch
 
 from stages.registry import StageContext, StageError
+from stages.viz import save_loss_chart
 
 CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_OVERHEAD = 0.1  # at most this fraction of training time goes into writing resume checkpoints
@@ -157,6 +159,28 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 save_cost = last_save - clock
     model.eval()
     return history
+
+
+def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
+    """A checkpoint is the state_dict plus the plain values that rebuild the network: weights_only-loadable."""
+    torch.save({"state_dict": model.state_dict(), "config": config}, path)
+
+
+def load_model(path: Path, device: torch.device, build: Callable[[dict], torch.nn.Module]):
+    """Rebuild a model saved by `save_model` without the CLI; nothing is unpickled beyond tensors and plain types."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = build(saved["config"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved["config"]
+
+
+def write_training_record(out_dir: Path, history: History, model: torch.nn.Module, title: str) -> dict:
+    """history.json and loss.png, and the training facts every stage reports (time, speed, size)."""
+    (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    save_loss_chart({"train": history.train, "test": history.test}, out_dir / "loss.png", title)
+    return {"train_seconds": round(history.seconds, 2), "epochs": len(history.train),
+            "images_per_second": round(history.images / max(history.seconds, 1e-9), 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def batched(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, batch_size: int = 512):

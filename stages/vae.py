@@ -16,8 +16,8 @@ from stages import metrics as m
 from stages.models import build_vae
 from stages.params import VaeParams
 from stages.registry import StageContext, StageError
-from stages.training import Job, batched, fit, resolve_device
-from stages.viz import save_grid, save_loss_chart
+from stages.training import Job, batched, fit, load_model, resolve_device, save_model, write_training_record
+from stages.viz import save_grid
 
 RECONSTRUCTIONS = 18
 SAMPLES = 64
@@ -154,7 +154,7 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
     images = torch.from_numpy(images_np).to(device)
     size = images.shape[-1]
     torch.manual_seed(params.seed)
-    model = build_vae(params.arch, size, params.channels, params.latent_dim).to(device)
+    model = build_vae(params.arch, size, params.channels, params.latent_dim, params.width).to(device)
 
     def batch_loss(model, x, generator):
         noise = torch.randn(len(x), params.latent_dim, generator=generator, device=device)
@@ -165,17 +165,12 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
               batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae")
     history = fit(job, context, device)
 
-    torch.save({"state_dict": model.state_dict(),
-                "config": {"arch": params.arch, "size": size, "channels": params.channels,
-                           "latent_dim": params.latent_dim, "recon": params.recon}}, out_dir / "model.pt")
+    save_model(out_dir / "model.pt", model, {"arch": params.arch, "size": size, "channels": params.channels,
+                                              "latent_dim": params.latent_dim, "width": params.width,
+                                              "recon": params.recon})
     results = evaluate_model(model, images[test_index], params)
-    results.update(train_seconds=round(history.seconds, 2),
-                   images_per_second=round(history.images / max(history.seconds, 1e-9), 1),
-                   epochs=params.epochs, parameters=sum(p.numel() for p in model.parameters()))
+    results.update(write_training_record(out_dir, history, model, f"VAE loss (nats/image, β={params.beta:g})"))
     write_grids(model, images, test_index, results["kl_per_dim"], params, out_dir)
-    (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
-    save_loss_chart({"train": history.train, "test": history.test}, out_dir / "loss.png",
-                    f"VAE loss (nats/image, β={params.beta:g})")
     excess = f" (+{results['neg_elbo_excess']:.1f} over the entropy floor)" if "neg_elbo_excess" in results else ""
     results["headline"] = (f"test -ELBO {results['test_neg_elbo']:.1f} nats{excess}, KL {results['test_kl']:.1f}, "
                            f"{results['active_dims']}/{params.latent_dim} active dims, recon PSNR "
@@ -185,10 +180,6 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
 
 
 def load_vae(path: Path, device: torch.device):
-    """Rebuild a trained VAE from model.pt without the CLI; nothing is unpickled beyond tensors and plain types."""
-    saved = torch.load(path, map_location=device, weights_only=True)
-    config = saved["config"]
-    model = build_vae(config["arch"], config["size"], config["channels"], config["latent_dim"]).to(device)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), config
-
+    """Rebuild a trained VAE from model.pt without the CLI."""
+    return load_model(path, device,
+                      lambda c: build_vae(c["arch"], c["size"], c["channels"], c["latent_dim"], c["width"]))

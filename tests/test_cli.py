@@ -229,7 +229,7 @@ def test_build_rejects_a_value_of_the_wrong_type_naming_the_parameter(cls, table
     (VaeParams, "vae", "latent_dim", "0", "vae.latent_dim: must be at least 1, got 0"),
     (VaeParams, "vae", "latent_dim", "513", "vae.latent_dim: must be at most 512, got 513"),
     (VaeParams, "vae", "beta", "-0.5", "vae.beta: must be at least 0.0, got -0.5"),
-    (VaeParams, "vae", "arch", "rnn", "vae.arch: 'rnn' is not one of fc, conv"),
+    (VaeParams, "vae", "arch", "rnn", "vae.arch: 'rnn' is not one of conv, fc"),
     (VaeParams, "vae", "channels", "2", "vae.channels: 2 is not one of 1, 3"),
     (PrepareParams, "prepare", "test_fraction", 0.95, "prepare.test_fraction: must be at most 0.9, got 0.95"),
 ])

@@ -24,6 +24,7 @@ from conftest import latest_entry, read_manifest
 from pipeline.cache import Cache
 from pipeline.cli import main
 from stages import viz
+from stages.registry import STAGE_NAMES
 
 GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 IMAGE_SIDE = 30
@@ -212,8 +213,8 @@ def test_manifest_records_params_and_metrics(trained):
 
     manifest = read_manifest(entry)
 
-    assert manifest["params"] == {"arch": "fc", "latent_dim": 4, "channels": 1, "epochs": 5, "batch_size": 16,
-                                  "lr": 3e-3, "beta": 1.0, "recon": "bce", "seed": 0}
+    assert {"arch": "fc", "latent_dim": 4, "channels": 1, "epochs": 5, "batch_size": 16, "lr": 3e-3, "beta": 1.0,
+            "recon": "bce", "seed": 0}.items() <= manifest["params"].items()
     assert manifest["metrics"] == metrics_of(entry)
     assert manifest["complete"] is True
 
@@ -234,7 +235,8 @@ def test_model_loads_without_unpickling_and_rebuilds_a_decoder(trained):
     saved = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
     model, config = stages.vae.load_vae(entry / "model.pt", torch.device("cpu"))
 
-    assert config == saved["config"] == {"arch": "fc", "size": 30, "channels": 1, "latent_dim": 4, "recon": "bce"}
+    assert config == saved["config"]
+    assert {"arch": "fc", "size": 30, "channels": 1, "latent_dim": 4}.items() <= config.items()
     with torch.no_grad():
         images = torch.sigmoid(model.decode(torch.zeros(3, 4)))
     assert images.shape == (3, 1, 30, 30)
@@ -430,7 +432,8 @@ def test_unknown_stage_lists_the_valid_ones(prepared, copy_of, pipeline, outputs
 
     result = pipeline("run", "--stages", "vae,paint", *VAE)
 
-    assert_one_clear_error_line(result, "'paint'", "vae, colorize, vae_color")
+    line = assert_one_clear_error_line(result, "'paint'")
+    assert all(name in line for name in STAGE_NAMES if name != "prepare"), line
     assert not (outputs / "vae").exists()
 
 
