@@ -144,9 +144,9 @@ def compare(title: str, images: int, seed: int, build, sides, evaluate, columns,
     worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
     verdict = ("WORSE than the reference at equal epochs: tune the defaults" if worse else
                "equal or better than the reference")
-    busy = max(loads[0], os.getloadavg()[0])
-    if busy > os.cpu_count():
-        print(f"note: load average up to {busy:.1f} on {os.cpu_count()} cores: other processes took CPU during the run; "
-              "torch's threads then wait on each other, which hurts many small steps (batch 64) most")
+    others = max(loads[0], os.getloadavg()[0] - torch.get_num_threads())  # the load average counts our threads
+    if others > 0.5:
+        print(f"note: other processes kept ~{others:.1f} of {os.cpu_count()} cores busy: torch's threads then wait on "
+              "each other, which hurts many small steps (batch 64) most; compare runs with care")
     print(f"{metric}: ours (defaults) {our_metric:.3f} vs reference {ref_metric:.3f}: {verdict}")
     print(f"ratio: {our_speed / ref_speed:.2f}")

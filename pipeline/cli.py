@@ -188,7 +188,8 @@ def show_status(sets, config, outputs) -> None:
     """One line per stage: the key these settings give, whether it is cached, and if not, why it would run."""
     with _user_errors():
         for line in runner.status(_stage_params(sets, config), outputs):
-            state = "cached" if line.cached else f"would run: {line.reason}"
+            state = ("cached" if line.cached else f"skipped ({line.reason})" if line.skipped
+                     else f"would run: {line.reason}")
             click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")
 
 
@@ -217,7 +218,8 @@ def _parse_concept(value: str) -> str:
 
 @main.command()
 @click.argument("picture", type=click.Path(path_type=Path))
-@click.option("--concept", "concepts", multiple=True, required=True, callback=lambda c, p, v: [_parse_concept(x) for x in v],
+@click.option("--concept", "concepts", multiple=True, required=True,
+              callback=lambda context, option, values: [_parse_concept(v) for v in values],
               help="A concept to add, e.g. hair=blonde (repeatable).")
 @click.option("--amount", "amounts", multiple=True, type=float,
               help="How far to move along each --concept, in order (default 1.5; the last one repeats).")

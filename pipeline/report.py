@@ -54,7 +54,8 @@ def _images(folder: Path, stage: str) -> list[tuple[str, str]]:
     shown = []
     for name, facts in table.items():
         landing = f" · edits land {100 * facts['landing_rate']:.0f}%" if "landing_rate" in facts else ""
-        caption = (f"{name}: test AUC {facts['test_auc']:.2f} · consistency {facts['edit_consistency']:.2f}{landing}"
+        auc = "n/a (no tagged test faces)" if facts["test_auc"] is None else f"{facts['test_auc']:.2f}"
+        caption = (f"{name}: test AUC {auc} · consistency {facts['edit_consistency']:.2f}{landing}"
                    f" · columns α = -2 … 3")
         shown.append((facts["grid_color"], caption))
     return shown

@@ -161,7 +161,8 @@ class StageStatus:
     stage: str
     entry: str
     cached: bool
-    reason: str  # why it would run; "" when cached
+    reason: str  # why it would run (or why it would be skipped); "" when cached
+    skipped: bool = False  # run would skip this stage (e.g. nothing to colour for a colour VAE)
 
 
 def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
@@ -177,6 +178,11 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
     entries = {"prepare": latest_prepare["entry"]}
     report = [StageStatus("prepare", latest_prepare["entry"], True, "")]
     for spec in plan([s.name for s in STAGES if s.name != "prepare"]):
+        missing = [name for name in spec.upstream if name not in entries]
+        skip = spec.skip_reason(all_params) if spec.skip_reason else ""
+        if missing or skip:  # as run_pipeline decides: no key, nothing to run
+            report.append(StageStatus(spec.name, "", False, skip or f"needs {', '.join(missing)}", skipped=True))
+            continue
         key = make_key(spec, all_params[spec.name], {name: entries[name] for name in spec.upstream})
         entries[spec.name] = key.entry
         cached = cache.lookup(key) is not None

@@ -134,7 +134,7 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
             continue
         vector = mu[train][torch.from_numpy(tagged_train)].mean(0) - mu[train][torch.from_numpy(~tagged_train)].mean(0)
         projection = (mu[test] @ vector).cpu().numpy()
-        auc = roc_auc(projection, tagged_test) if 0 < tagged_test.sum() < len(test) else float("nan")
+        auc = roc_auc(projection, tagged_test) if 0 < tagged_test.sum() < len(test) else None  # JSON null
         untagged = test[~tagged_test][:params.rows]
         start = mu[untagged]
         with torch.no_grad():
@@ -166,12 +166,13 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
         [concepts[n]["train_tagged"] for n in names]))
     table = {n: {k: v for k, v in concepts[n].items() if k != "vector"} for n in names}
     (out_dir / "concepts.json").write_text(json.dumps(table, indent=1))
-    aucs = [c["test_auc"] for c in table.values() if np.isfinite(c["test_auc"])]
-    result = {"concepts": len(names), "mean_test_auc": float(np.mean(aucs)) if aucs else float("nan"),
+    aucs = [c["test_auc"] for c in table.values() if c["test_auc"] is not None]
+    result = {"concepts": len(names), "mean_test_auc": float(np.mean(aucs)) if aucs else None,
               "mean_edit_consistency": float(np.mean([c["edit_consistency"] for c in table.values()]))}
     if landing:
         result["mean_landing_rate"] = float(np.mean(list(landing.values())))
-    result["headline"] = (f"{len(names)} concepts, mean test AUC {result['mean_test_auc']:.2f}, mean edit "
+    auc_text = f"{result['mean_test_auc']:.2f}" if aucs else "n/a"
+    result["headline"] = (f"{len(names)} concepts, mean test AUC {auc_text}, mean edit "
                           f"consistency {result['mean_edit_consistency']:.2f}"
                           + (f", edits land {100 * result['mean_landing_rate']:.0f}% of the time"
                              if landing else ""))

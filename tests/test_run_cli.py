@@ -137,8 +137,6 @@ def test_force_reruns_only_the_named_stage(copy_of_first_run, pipeline):
 
 
 def test_summary_reports_a_skipped_stage_and_why(copy_of_first_run, pipeline):
-    outputs = copy_of_first_run
-
     result = succeeded(pipeline(*RUN, "--set", "vae.channels=3"))
 
     lines = summary(result)

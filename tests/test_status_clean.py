@@ -15,13 +15,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from conftest import latest_entry, read_manifest
-from pipeline import runner
 from pipeline.cache import Cache
 from pipeline.cli import main
 from stages.registry import STAGES, STAGE_NAMES
 
 PREPARE = ("prepare", "--count", "48", "--size", "12")
-BASE = ("--set", "vae.latent_dim=4", "--set", "vae.epochs=2", "--set", "colorize.epochs=1")
+BASE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=4", "--set", "vae.epochs=2", "--set", "colorize.epochs=1")
 PAYLOAD = {"vae": 3 * 2**20, "colorize": 2**20, "vae_color": 2**19, "concepts": 2**18}  # bytes each entry writes
 SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
 STATUS_LINE = re.compile(r"^(\w+)\s+(\S+)\s+(.*)$")
