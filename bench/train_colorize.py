@@ -36,7 +36,7 @@ from stages.training import Job, batched  # noqa: E402
 
 def main() -> None:
     args = tb.parse_args(__doc__, images=1044, epochs=2)
-    params = ColorizeParams(epochs=args.epochs, seed=args.seed)
+    params = ColorizeParams(arch="stacknn", epochs=args.epochs, seed=args.seed)
     gray, gray_test, color, color_test = tb.load(args, 1, 3)
 
     def build():
@@ -63,16 +63,13 @@ def main() -> None:
                                label="colorize"))
         return train_ours
 
-    sides = [(f"reference: DataLoader b{tb.REFERENCE_BATCH}, Adam lr 1e-3", reference),
-             (f"ours: fit b{params.batch_size}, one-cycle lr {params.lr:g} (defaults)",
-              ours(params.batch_size, params.lr))]
-    sides += [(f"ours: fit b{b}, one-cycle lr {lr:g}", ours(b, lr)) for b, lr in tb.also(args)]
     columns = [("psnr", "test PSNR", "{:>9.2f}"), ("ssim", "SSIM", "{:>6.3f}"), ("luma_mse", "luma MSE", "{:>9.5f}"),
                ("colourfulness_output", "colourful", "{:>9.1f}")]
     tb.compare(f"StackNN colorizer, {params.epochs} epochs, {len(gray)} train / {len(gray_test)} test faces "
                f"(true colourfulness {colourfulness(color_test.numpy()).mean():.1f})", len(gray) * params.epochs,
-               params.seed, build, sides, lambda model: evaluate_colorizer(model, gray_test, color_test, False),
-               columns, "psnr", lower_better=False)
+               params.seed, build, reference, ours, (params.batch_size, params.lr), args.also,
+               lambda model: evaluate_colorizer(model, gray_test, color_test, False), columns, "psnr",
+               lower_better=False)
 
 
 if __name__ == "__main__":

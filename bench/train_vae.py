@@ -35,7 +35,7 @@ EVAL_IMAGES = 2000  # keeps evaluate_model's PSNR/SSIM loop short; the -ELBO its
 
 def main() -> None:
     args = tb.parse_args(__doc__, images=50_000, epochs=3)
-    params = VaeParams(epochs=args.epochs, seed=args.seed)
+    params = VaeParams(arch="fc", epochs=args.epochs, seed=args.seed)  # fc whatever the default arch
     train, test = tb.load(args, params.channels)
 
     def build():
@@ -57,14 +57,11 @@ def main() -> None:
                                lr=lr, seed=params.seed, label="vae"))
         return train_ours
 
-    sides = [(f"reference: DataLoader b{tb.REFERENCE_BATCH}, Adam lr 1e-3", reference),
-             (f"ours: fit b{params.batch_size}, one-cycle lr {params.lr:g} (defaults)",
-              ours(params.batch_size, params.lr))]
-    sides += [(f"ours: fit b{b}, one-cycle lr {lr:g}", ours(b, lr)) for b, lr in tb.also(args)]
     columns = [("test_neg_elbo", "test -ELBO", "{:>10.2f}"), ("test_nll_importance", "IS NLL", "{:>8.2f}"),
                ("test_kl", "KL", "{:>6.2f}"), ("active_dims", "active", "{:>6d}"), ("recon_psnr", "PSNR", "{:>6.2f}")]
     tb.compare(f"fc VAE z{params.latent_dim}, {params.epochs} epochs, {len(train)} train / {len(test)} test faces, "
-               f"scored on {min(EVAL_IMAGES, len(test))}", len(train) * params.epochs, params.seed, build, sides,
+               f"scored on {min(EVAL_IMAGES, len(test))}", len(train) * params.epochs, params.seed, build, reference,
+               ours, (params.batch_size, params.lr), args.also,
                lambda model: evaluate_model(model, test[:EVAL_IMAGES], params), columns, "test_neg_elbo",
                lower_better=True)
 

@@ -1,22 +1,22 @@
-"""What bench/train_vae.py and bench/train_colorize.py share: the faces they train on, the two training loops
-(ours through stages.training.fit, the reference DataLoader loop) and the side-by-side table.
+"""What bench/train_vae.py and bench/train_colorize.py share: their faces, the two training loops (ours through
+stages.training.fit, the reference DataLoader loop) and the side-by-side table.
 
 The faces are the embedded generator's (generate_face -> resize_square(30) -> luma_uint8), drawn in parallel once
-and cached under the temp folder in `pipeline prepare`'s own layout (gray.npy, color.npy, split.npz, 10% test), so
-both scripts read them, or a real `--prepared DIR`, through stages.vae.load_prepared.
-"""
+and cached in the temp folder in `pipeline prepare`'s layout (gray.npy, color.npy, split.npz with 10% test), so
+both scripts read them, or a real `--prepared DIR`, through stages.vae.load_prepared."""
 from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ def parse_args(doc: str, images: int, epochs: int) -> argparse.Namespace:
     parser.add_argument("--prepared", type=Path, help="a `pipeline prepare` output folder (then --images is ignored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, batching and noise (split fixed)")
     parser.add_argument("--also", action="append", default=[], metavar="BATCH:LR",
+                        type=lambda spec: (int(spec.split(":")[0]), float(spec.split(":")[1])),
                         help="also train ours with this batch size and peak lr (repeatable), to tune the defaults")
     return parser.parse_args()
 
@@ -81,17 +82,13 @@ def load(args: argparse.Namespace, *channels: int) -> list[torch.Tensor]:
     return tensors
 
 
-class _Quiet:
-    def advance(self, steps: int = 1, status: str | None = None) -> None:
-        pass
-
-
 def ours(job: Job) -> float:
     """Train with our loop (fresh resume folder, so nothing resumes); seconds of training, evaluation excluded."""
     device = resolve_device("cpu")  # as the stages do: this also flushes denormals, part of our loop
     with tempfile.TemporaryDirectory(prefix="bench-resume-") as resume:
+        quiet = contextlib.nullcontext(SimpleNamespace(advance=lambda *_: None))  # a progress bar showing nothing
         context = StageContext(device="cpu", workers=None, resume_dir=Path(resume), echo=print,
-                               progress=lambda total, label: contextlib.nullcontext(_Quiet()))
+                               progress=lambda total, label: quiet)
         return fit(job, context, device).seconds
 
 
@@ -101,7 +98,6 @@ def reference(model: torch.nn.Module, data: tuple[torch.Tensor, ...], loss, epoc
     loader = DataLoader(TensorDataset(*data), batch_size=REFERENCE_BATCH, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters())
     torch.manual_seed(seed)
-    model.train()
     start = time.perf_counter()
     for _ in range(epochs):
         for batch in loader:
@@ -114,39 +110,40 @@ def reference(model: torch.nn.Module, data: tuple[torch.Tensor, ...], loss, epoc
     return seconds
 
 
-def also(args: argparse.Namespace) -> list[tuple[int, float]]:
-    return [(int(b), float(lr)) for b, lr in (spec.split(":") for spec in args.also)]
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds all cores have been busy since boot, CPU seconds of this process): what else ran, from the gap."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split(maxsplit=11)[1:9]]
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
 
 
-def compare(title: str, images: int, seed: int, build, sides, evaluate, columns, metric: str, lower_better: bool):
-    """Train each side from the same seeded init, evaluate it, print one row per side, then the verdict and ratio.
-
-    sides: [(label, train(model) -> seconds)], reference first, ours with the defaults second.
-    columns: [(metric key, header, format)] from evaluate(model) -> dict.
-    """
-    loads = os.getloadavg()
-    print(f"{title}; {images} training images per side, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-          f"threads, load average {loads[0]:.1f}")
+def compare(title: str, images: int, seed: int, build, reference, ours, defaults, also, evaluate, columns,
+            metric: str, lower_better: bool):
+    """Train the reference, ours(*defaults) and ours(*each of --also) from the same seeded init, evaluate each,
+    print a row per side (columns: [(evaluate(model) key, header, format)]), then the verdict and the ratio."""
+    sides = [(f"reference: DataLoader b{REFERENCE_BATCH}, Adam lr 1e-3", reference)]
+    sides += [(f"ours: fit b{b}, one-cycle lr {lr:g}" + (" (defaults)" if i == 0 else ""), ours(b, lr))
+              for i, (b, lr) in enumerate([defaults, *also])]
+    print(f"{title}; {images} training images per side, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     print(f"{'side':<46} {'train s':>8} {'img/s':>8} " + " ".join(f"{h:>{len(f.format(0))}}" for _, h, f in columns))
-    rows = []
+    rows, (busy, own), clock = [], cpu_seconds(), time.perf_counter()
     for label, train in sides:
         torch.manual_seed(seed)
         model = build()
         seconds = train(model)
         with torch.no_grad():
             result = evaluate(model)
-        del model
-        gc.collect()
+        del model  # before the next side builds its own: StackNN and its Adam state take 1.4 GB
         rows.append((images / seconds, result[metric]))
         print(f"{label:<46} {seconds:8.1f} {images / seconds:8.0f} " + " ".join(f.format(result[k]) for k, _, f in
                                                                               columns), flush=True)
     (ref_speed, ref_metric), (our_speed, our_metric) = rows[:2]
     worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
-    verdict = ("WORSE than the reference at equal epochs: tune the defaults" if worse else
-               "equal or better than the reference")
-    others = max(loads[0], os.getloadavg()[0] - torch.get_num_threads())  # the load average counts our threads
-    if others > 0.5:
-        print(f"note: other processes kept ~{others:.1f} of {os.cpu_count()} cores busy: torch's threads then wait on "
-              "each other, which hurts many small steps (batch 64) most; compare runs with care")
+    verdict = "ours is WORSE at equal epochs: tune the defaults" if worse else "ours is equal or better"
+    (busy_end, own_end), elapsed = cpu_seconds(), time.perf_counter() - clock
+    others = (busy_end - busy - (own_end - own)) / elapsed
+    print(f"other processes kept {others:.1f} of {os.cpu_count()} cores busy on average during this run" +
+          (": torch's threads then wait on each other, which slows many small steps (batch 64) most, so compare "
+           "runs with care" if others > 0.25 else ""))
     print(f"{metric}: ours (defaults) {our_metric:.3f} vs reference {ref_metric:.3f}: {verdict}")
     print(f"ratio: {our_speed / ref_speed:.2f}")

@@ -39,7 +39,7 @@ class VaeParams:
     latent_dim: int = param(10, "size of the latent code z", min=1, max=512)
     width: int = param(16, "channels of the first conv layer, doubling with depth (conv only)", min=1, max=256)
     channels: int = param(1, "1 = train on gray; 3 = train on colour directly", choices=(1, 3))
-    epochs: int = param(40, "passes over the training split", min=1)
+    epochs: int = param(30, "passes over the training split", min=1)
     batch_size: int = param(128, "images per optimiser step", min=1)
     lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
@@ -52,15 +52,15 @@ class VaeParams:
 class ColorizeParams:
     arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
                       choices=("stacknn", "conv"))
-    epochs: int = param(8, "passes over the training split", min=1)
-    batch_size: int = param(128, "images per optimiser step", min=1)
-    lr: float = param(1e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
+    epochs: int = param(5, "passes over the training split", min=1)
+    batch_size: int = param(64, "images per optimiser step", min=1)
+    lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
                              min=0.0)
     luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
     chroma_weight: float = param(1.0, "weight of MSE(|chroma(output)|, |chroma(true)|): keeps colours vivid",
                                  min=0.0)
-    exact_luma: bool = param(False, "shift each output pixel so its luma equals the gray input exactly")
+    exact_luma: bool = param(True, "shift each output pixel so its luma equals the gray input exactly")
     seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 
 
