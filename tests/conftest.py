@@ -1,28 +1,25 @@
-"""Shared fixtures: small generated image folders and a `pipeline` invoker writing into tmp_path/outputs."""
+"""Shared fixtures: one torch thread, small generated image folders, and a `pipeline` invoker writing into
+tmp_path/outputs. Shared plain functions are in helpers.py."""
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner, Result
-from PIL import Image, ImageDraw
+import torch
+from click.testing import Result
 
-from pipeline.cli import main
+from helpers import cli, shapes_picture, succeeded
 
 
-def shapes_picture(seed: int, side: int = 48) -> Image.Image:
-    """An RGB picture of a few coloured ellipses and rectangles on a coloured background, different per seed."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x, y = (int(v) for v in rng.integers(0, side * 2 // 3, 2))
-        w, h = (int(v) for v in rng.integers(side // 4, side // 2, 2))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    return image
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """torch runs on one thread in every test module, restored afterwards: the models trained here are tiny, and
+    two threads on a busy 2-core machine spend far more time waiting for each other than computing."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -49,15 +46,26 @@ def pipeline(outputs):
     """pipeline("prepare", "--count", "40") -> click Result of that command with `--outputs tmp_path/outputs`."""
 
     def invoke(command: str, *args: str, env: dict | None = None) -> Result:
-        extra = [] if env and "PIPELINE_OUTPUTS" in env else ["--outputs", str(outputs)]
-        return CliRunner().invoke(main, [command, *map(str, args), *extra], env=env)
+        return cli(None if env and "PIPELINE_OUTPUTS" in env else outputs, command, *args, env=env)
 
     return invoke
 
 
-def latest_entry(outputs: Path, stage: str = "prepare") -> Path:
-    return (outputs / stage / "latest").resolve()
+@pytest.fixture(scope="module")
+def prepared(request, tmp_path_factory) -> Path:
+    """An outputs folder holding only the set that the test module's PREPARE command makes, shared by the module's
+    tests: copy it (copy_of), never change it."""
+    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
+    succeeded(cli(outputs, *request.module.PREPARE))
+    return outputs
 
 
-def read_manifest(entry: Path) -> dict:
-    return json.loads((entry / "manifest.json").read_text())
+@pytest.fixture
+def copy_of(outputs):
+    """copy_of(folder) -> `outputs` (tmp_path/outputs, where the `pipeline` fixture writes) as a copy of it."""
+
+    def copy(folder: Path) -> Path:
+        shutil.copytree(folder, outputs, symlinks=True)
+        return outputs
+
+    return copy

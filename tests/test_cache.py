@@ -8,13 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import stages.prepare
-from conftest import latest_entry, read_manifest, shapes_picture
+from helpers import cli, latest_entry, read_manifest, shapes_picture
 from pipeline import runner
 from pipeline.cache import Cache
-from pipeline.cli import main
 from stages.params import param
 from stages.registry import StageSpec
 
@@ -329,8 +327,7 @@ def test_latest_points_at_the_most_recently_used_entry(pipeline, outputs):
 def test_outputs_option_chooses_the_cache_root_over_the_env_var(tmp_path):
     root = tmp_path / "elsewhere"
 
-    result = CliRunner().invoke(main, ["prepare", "--count", "40", "--outputs", str(root)],
-                                env={"PIPELINE_OUTPUTS": str(tmp_path / "from-env")})
+    result = cli(root, "prepare", "--count", "40", env={"PIPELINE_OUTPUTS": str(tmp_path / "from-env")})
 
     assert result.exit_code == 0, result.output
     assert (root / "prepare" / "latest" / "gray.npy").is_file()
@@ -351,7 +348,7 @@ def test_default_cache_root_is_outputs_in_the_working_directory(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PIPELINE_OUTPUTS", raising=False)
 
-    result = CliRunner().invoke(main, ["prepare", "--count", "40"])
+    result = cli(None, "prepare", "--count", "40")  # no --outputs
 
     assert result.exit_code == 0, result.output
     assert (tmp_path / "outputs" / "prepare" / "latest" / "gray.npy").is_file()

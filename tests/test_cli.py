@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_one_clear_error_line
 from pipeline import params
 from pipeline.cache import Cache
 from pipeline.params import UsageError
@@ -44,18 +45,6 @@ def test_prepare_of_the_embedded_default_does_not_import_torch(tmp_path):
 
 
 # ----- user mistakes: one line, non-zero exit, nothing cached --------------------------------------------------------
-
-
-def assert_one_clear_error_line(result, *mentions: str) -> str:
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code != 0, result.output
-    assert len(errors) == 1, result.output
-    assert result.output.rstrip().splitlines()[-1] == errors[0]
-    assert "Traceback" not in result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    for text in mentions:
-        assert text in errors[0], errors[0]
-    return errors[0]
 
 
 def assert_nothing_cached(outputs: Path) -> None:

@@ -2,29 +2,28 @@
 
 Speed: the StackNN colorizer's Linear layers grow with the image side (90 M parameters at 30x30), so everything
 here runs on 12x12 faces (about 14 M). One VAE + colorizer is trained once and shared by the read-only tests;
-tests that change the cache start from a copy of it. torch runs on one thread (see test_vae_stage.py).
+tests that change the cache start from a copy of it. torch runs on one thread (see conftest.py).
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
-from PIL import Image
+from click.testing import Result
 
 import stages.colorize
 import stages.vae
-from conftest import latest_entry, read_manifest
-from pipeline.cli import main
+from helpers import (cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run, read_manifest,
+                     succeeded)
 from stages import viz
 from stages.models import exact_luma
 
-GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 SIDE = 12
 TEST_IMAGES = 19  # 48 faces with --test-fraction 0.4
 PREPARE = ("prepare", "--count", "48", "--size", str(SIDE), "--test-fraction", "0.4")
@@ -37,55 +36,13 @@ ONE_EPOCH = ("--set", "colorize.epochs=1")
 BT601 = (0.299, 0.587, 0.114)  # written out here, independently of stages.luma
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def expected_grid_size(rows: int, columns: int, side: int = SIDE) -> tuple[int, int]:
-    """(width, height) of a stages.viz grid: cells scaled up by an integer factor, 4 px gutters around each."""
-    cell = side * max(1, viz._TARGET_CELL // side)
-    return columns * (cell + GRID_PADDING) + GRID_PADDING, rows * (cell + GRID_PADDING) + GRID_PADDING
-
-
-def decoded_png(path: Path) -> Image.Image:
-    image = Image.open(path)
-    image.load()
-    return image
+# (width, height) of a stages.viz grid of SIDE x SIDE images, cells scaled as stages.viz scales them
+expected_grid_size = partial(grid_size, side=SIDE, target=viz._TARGET_CELL)
 
 
 def summary_line(result: Result, stage: str) -> str:
     [line] = [line for line in result.output.splitlines() if line.startswith(f"{stage}: ")]
     return line
-
-
-def metrics_of(entry: Path) -> dict:
-    return json.loads((entry / "metrics.json").read_text())
-
-
-def must_not_run(name: str):
-    def fail(*args, **kwargs):
-        raise AssertionError(f"{name} ran although its result is cached")
-    return fail
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
-    succeeded(cli(outputs, *PREPARE))
-    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +51,6 @@ def trained(prepared, tmp_path_factory) -> tuple[Path, Result]:
     outputs = tmp_path_factory.mktemp("trained") / "outputs"
     shutil.copytree(prepared, outputs, symlinks=True)
     return outputs, succeeded(cli(outputs, "run", "--stages", "vae,colorize", *VAE, *COLORIZE))
-
-
-@pytest.fixture
-def copy_of(outputs):
-    def copy(folder: Path) -> Path:
-        shutil.copytree(folder, outputs, symlinks=True)
-        return outputs
-    return copy
 
 
 # ----- what a trained colorizer leaves behind ------------------------------------------------------------------------

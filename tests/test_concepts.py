@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from PIL import Image
 
-from conftest import latest_entry, read_manifest
-from pipeline.cli import main
+from helpers import (GRID_PADDING, assert_one_clear_error_line, cli, decoded_png, grid_cell, grid_size, latest_entry,
+                     read_manifest, succeeded)
 from stages import concepts as concepts_stage
 from stages.concepts import ALPHAS, read_tags, roc_auc
 from stages.luma import luma_uint8
@@ -27,42 +26,13 @@ from stages.sources import decode_file
 from stages.vae import load_vae
 
 SIDE = 12
-CELL = SIDE * (90 // SIDE)  # stages.viz scales cells up by an integer factor to about 90 px
-PAD = 4  # stages.viz.grid_image: make_grid(..., padding=4)
+CELL, PAD = grid_cell(SIDE), GRID_PADDING  # one image's cell in a stages.viz grid, and the gutters
 MIN_COUNT, ROWS, LATENT = 5, 4, 4
 PARAMS = ("--set", "vae.arch=fc", "--set", f"vae.latent_dim={LATENT}", "--set", "vae.epochs=15",
           "--set", "vae.batch_size=8", "--set", "vae.lr=3e-3", "--set", "vae.beta=1", "--set", "vae.recon=bce",
           "--set", "vae.seed=0", "--set", "vae.channels=1", "--set", "colorize.arch=conv",
           "--set", "colorize.epochs=1", "--set", "colorize.batch_size=32",
           "--set", f"concepts.min_count={MIN_COUNT}", "--set", f"concepts.rows={ROWS}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def assert_one_clear_error_line(result: Result, *mentions: str) -> str:
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code != 0, result.output
-    assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    for text in mentions:
-        assert text in errors[0], errors[0]
-    return errors[0]
 
 
 def planted_picture(index: int, rng: np.random.Generator) -> Image.Image:
@@ -103,16 +73,6 @@ def prepared_tags(planted) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarra
     prepared = latest_entry(planted["outputs"], "prepare")
     split = np.load(prepared / "split.npz")
     return read_tags(prepared / "labels.csv"), split["train"], split["test"]
-
-
-def decoded_png(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image
-
-
-def grid_size(rows: int, columns: int) -> tuple[int, int]:
-    return columns * (CELL + PAD) + PAD, rows * (CELL + PAD) + PAD
 
 
 # ----- the concept vectors -------------------------------------------------------------------------------------------
@@ -187,7 +147,7 @@ def test_each_concept_has_a_gray_and_a_colour_edit_grid_that_decode(planted):
         colour = decoded_png(planted["entry"] / facts["grid_color"])
         assert facts["grid"] == f"concept_{concepts_stage.file_stem(name)}.png"
         for image in (gray, colour):
-            assert image.mode == "RGB" and image.size == grid_size(rows, len(ALPHAS)), (name, image.size)
+            assert image.mode == "RGB" and image.size == grid_size(rows, len(ALPHAS), SIDE), (name, image.size)
         gray_pixels, colour_pixels = np.asarray(gray).astype(int), np.asarray(colour).astype(int)
         assert (gray_pixels[..., 0] == gray_pixels[..., 1]).all() and (gray_pixels[..., 1] == gray_pixels[..., 2]).all()
         assert np.abs(colour_pixels[..., 0] - colour_pixels[..., 2]).max() > 0, "the colour grid is coloured"
@@ -251,7 +211,7 @@ def test_edit_writes_a_strip_of_input_reconstruction_edited_and_coloured(planted
 
     assert f"wrote {output}" in result.output
     strip = decoded_png(output)
-    assert strip.mode == "RGB" and strip.size == grid_size(1, 4)
+    assert strip.mode == "RGB" and strip.size == grid_size(1, 4, SIDE)
     given, reconstruction, edited, coloured = panels(output)
     luma = luma_uint8(decode_file(picture, SIDE)).astype(float)
     assert np.array_equal(given[..., 0], np.kron(luma, np.ones((CELL // SIDE, CELL // SIDE))))

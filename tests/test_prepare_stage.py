@@ -8,19 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import latest_entry, read_manifest, shapes_picture
-from pipeline.cli import main
+from helpers import cli, latest_entry, read_manifest, shapes_picture, succeeded
 from stages.faces import FACTORS
 
 
 def prepare(outputs: Path, *args) -> tuple[str, Path]:
     """Run `pipeline prepare ARGS` into `outputs`; return its combined output and the entry it used."""
-    result = CliRunner().invoke(main, ["prepare", *map(str, args), "--outputs", str(outputs)])
-    assert result.exit_code == 0, result.output
-    return result.output, latest_entry(outputs)
+    return succeeded(cli(outputs, "prepare", *args)).output, latest_entry(outputs)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

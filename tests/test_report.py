@@ -17,12 +17,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from conftest import latest_entry, read_manifest
+from helpers import SUMMARY_LINE, cli, latest_entry, metrics_of, read_manifest, succeeded, summary_lines
 from pipeline.cache import Cache
-from pipeline.cli import main
 from pipeline.report import scalar_metrics
 from stages.registry import STAGE_NAMES, stage
 
@@ -31,31 +29,11 @@ PARAMS = ("--set", "vae.epochs=2", "--set", "vae.batch_size=16", "--set", "vae.l
           "--set", "vae.arch=fc", "--set", "colorize.arch=conv", "--set", "colorize.epochs=1",
           "--set", "colorize.batch_size=32", "--set", "concepts.min_count=10")
 RUN = ("run", "--stages", "vae,colorize", *PARAMS)
-SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    result = CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def statuses(result: Result) -> dict[str, str]:
     """stage -> ran / cached / skipped, as the command's summary printed it."""
-    found = {}
-    for line in result.output.splitlines():
-        match = SUMMARY_LINE.match(line)
-        if match and match.group(1) in STAGE_NAMES:
-            found[match.group(1)] = match.group(2)
-    return found
+    return {stage_name: SUMMARY_LINE.match(line).group(2) for stage_name, line in summary_lines(result).items()}
 
 
 class Page(HTMLParser):
@@ -131,9 +109,9 @@ class Page(HTMLParser):
 def report(tmp_path_factory) -> tuple[Path, Result, Page]:
     """(outputs, output of the second run, its index.html parsed); the second run retrains only the colorizer."""
     outputs = tmp_path_factory.mktemp("report") / "outputs"
-    cli(outputs, *PREPARE)
-    cli(outputs, *RUN)
-    second = cli(outputs, *RUN, "--set", "colorize.seed=1")
+    succeeded(cli(outputs, *PREPARE))
+    succeeded(cli(outputs, *RUN))
+    second = succeeded(cli(outputs, *RUN, "--set", "colorize.seed=1"))
     return outputs, second, Page((outputs / "index.html").read_text(encoding="utf-8"))
 
 
@@ -145,8 +123,7 @@ def equal_values(shown, recorded) -> bool:
 
 def recorded_metrics(entry: Path) -> dict:
     """The entry's metrics.json where the stage writes one, else the metrics in its manifest."""
-    file = entry / "metrics.json"
-    return json.loads(file.read_text()) if file.is_file() else read_manifest(entry)["metrics"]
+    return metrics_of(entry) if (entry / "metrics.json").is_file() else read_manifest(entry)["metrics"]
 
 
 # ----- the page: self-contained, relative, true to the files ---------------------------------------------------------
@@ -228,8 +205,7 @@ def test_metrics_json_and_manifest_agree_where_a_stage_writes_both(report):
 
     for stage_name in ("vae", "colorize"):
         entry = latest_entry(outputs, stage_name)
-        from_file = json.loads((entry / "metrics.json").read_text())
-        assert from_file == read_manifest(entry)["metrics"]
+        assert metrics_of(entry) == read_manifest(entry)["metrics"]
 
 
 def test_every_parameter_cell_equals_the_parameter_in_the_manifest(report):

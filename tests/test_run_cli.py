@@ -4,54 +4,25 @@ One small VAE + conv colorizer run on 12x12 faces is shared; tests that change t
 """
 from __future__ import annotations
 
-import importlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from conftest import latest_entry
+from helpers import cli, latest_entry, replace_stage_entry, succeeded, summary_lines
 from pipeline import runner
-from pipeline.cli import main
-from stages.registry import STAGE_NAMES
 
 PREPARE = ("prepare", "--count", "48", "--size", "12")
 PARAMS = ("--set", "vae.latent_dim=3", "--set", "vae.epochs=1", "--set", "vae.batch_size=16",
           "--set", "colorize.arch=conv", "--set", "colorize.epochs=1", "--set", "colorize.batch_size=16")
 RUN = ("run", "--stages", "vae,colorize", *PARAMS)
 PLANNED = [spec.name for spec in runner.plan(["vae", "colorize"])]  # upstream first, followers included
-SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def summary(result: Result) -> dict[str, str]:
-    """stage -> its summary line, in the order printed."""
-    lines = {}
-    for line in result.output.splitlines():
-        match = SUMMARY_LINE.match(line)
-        if match and match.group(1) in STAGE_NAMES:
-            assert match.group(1) not in lines, f"{match.group(1)} reported twice:\n{result.output}"
-            lines[match.group(1)] = line
-    return lines
+    """stage -> its summary line, in the order printed; each stage at most once."""
+    return summary_lines(result, each_once=True)
 
 
 def folder_named_in(line: str) -> Path:
@@ -68,17 +39,15 @@ def first_run(tmp_path_factory) -> tuple[Path, Result]:
 
 
 @pytest.fixture
-def copy_of_first_run(first_run, outputs) -> Path:
-    shutil.copytree(first_run[0], outputs, symlinks=True)
-    return outputs
+def copy_of_first_run(first_run, copy_of) -> Path:
+    return copy_of(first_run[0])
 
 
 @pytest.fixture
 def no_training(monkeypatch):
     """Every planned stage's entry point fails the test if called."""
     for spec in runner.plan(["vae", "colorize"]):
-        module, _, function = spec.entry.partition(":")
-        monkeypatch.setattr(importlib.import_module(module), function,
+        replace_stage_entry(monkeypatch, spec,
                             lambda *a, _name=spec.name, **k: pytest.fail(f"{_name} ran although cached"))
 
 

@@ -10,49 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
 from PIL import Image, ImageDraw
 
 import stages.vae
-from conftest import latest_entry, read_manifest, shapes_picture
-from pipeline.cli import main
+from helpers import cli, decoded_png, grid_size, latest_entry, read_manifest, shapes_picture, succeeded, write_idx
 
-PAD = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 COLOUR_VAE = ("--set", "vae.channels=3", "--set", "vae.arch=conv", "--set", "vae.latent_dim=4",
               "--set", "vae.epochs=2", "--set", "vae.batch_size=16", "--set", "vae.seed=0")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def decoded_png(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image
-
-
-def cell_of(side: int) -> int:
-    """Grid cells are the image scaled up by an integer factor to about 90 px (never down)."""
-    return side * max(1, 90 // side)
-
-
-def grid_size(rows: int, columns: int, side: int) -> tuple[int, int]:
-    cell = cell_of(side)
-    return columns * (cell + PAD) + PAD, rows * (cell + PAD) + PAD
 
 
 # ----- 64x64 colour ---------------------------------------------------------------------------------------------------
@@ -133,11 +97,6 @@ def strokes(count: int) -> np.ndarray:
         ImageDraw.Draw(picture).line([start, end], fill=255, width=3)
         images.append(np.asarray(picture))
     return np.stack(images)
-
-
-def write_idx(path: Path, images: np.ndarray) -> None:
-    header = (0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in images.shape)
-    path.write_bytes(header + images.astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Specification of stages.sources: every source kind, tolerant decoding, colour conversion, crop and resize."""
 
-import gzip
 import hashlib
 import io
 import tarfile
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_idx
 from stages.sources import SourceError, describe_source, read_images, resize_square
 
 SIZE = 30
@@ -122,13 +122,6 @@ def test_npz_prefers_the_images_array(tmp_path):
     items = list(read_images(tmp_path / "set.npz", SIZE))
 
     assert_all_decoded(items, 4)
-
-
-def write_idx(path: Path, images: np.ndarray) -> None:
-    header = (0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in images.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as stream:
-        stream.write(header + images.tobytes())
 
 
 @pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz", "train-images.idx3-ubyte"])

@@ -6,33 +6,20 @@ and the tests take a second instead of minutes. The image set is really prepared
 """
 from __future__ import annotations
 
-import importlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from conftest import latest_entry, read_manifest
+from helpers import cli, latest_entry, read_manifest, replace_stage_entry, succeeded, summary_lines
 from pipeline.cache import Cache
-from pipeline.cli import main
 from stages.registry import STAGES, STAGE_NAMES
 
 PREPARE = ("prepare", "--count", "48", "--size", "12")
 BASE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=4", "--set", "vae.epochs=2", "--set", "colorize.epochs=1")
 PAYLOAD = {"vae": 3 * 2**20, "colorize": 2**20, "vae_color": 2**19, "concepts": 2**18}  # bytes each entry writes
-SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
 STATUS_LINE = re.compile(r"^(\w+)\s+(\S+)\s+(.*)$")
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def _stand_in(stage_name: str):
@@ -47,23 +34,15 @@ def stand_in_stages(monkeypatch):
     """Every training stage's entry point writes a payload instead of training (prepare stays real)."""
     for spec in STAGES:
         if spec.name != "prepare":
-            module, _, function = spec.entry.partition(":")
-            monkeypatch.setattr(importlib.import_module(module), function, _stand_in(spec.name))
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
-    succeeded(cli(outputs, *PREPARE))
-    return outputs
+            replace_stage_entry(monkeypatch, spec, _stand_in(spec.name))
 
 
 @pytest.fixture
-def cache_of(prepared, outputs):
+def cache_of(prepared, copy_of):
     """cache_of(*runs) -> `outputs`: a copy of the prepared set, then each run's extra arguments, in order."""
 
     def make(*runs: tuple[str, ...]) -> Path:
-        shutil.copytree(prepared, outputs, symlinks=True)
+        outputs = copy_of(prepared)
         for extra in runs:
             succeeded(cli(outputs, "run", *extra))
         return outputs
@@ -80,15 +59,6 @@ def status_of(outputs: Path, *args) -> dict[str, tuple[str, str]]:
         assert match and match.group(1) in STAGE_NAMES, f"unexpected line {line!r}"
         lines[match.group(1)] = (match.group(2), match.group(3))
     return lines
-
-
-def summary_of(result: Result) -> dict[str, str]:
-    found = {}
-    for line in result.output.splitlines():
-        match = SUMMARY_LINE.match(line)
-        if match and match.group(1) in STAGE_NAMES:
-            found[match.group(1)] = line
-    return found
 
 
 def entries(outputs: Path, stage_name: str) -> set[str]:
@@ -134,7 +104,7 @@ def test_status_predicts_exactly_what_run_then_does(cache_of):
 
     result = succeeded(cli(outputs, "run", "--stages", "vae,colorize", *changed))
 
-    ran = summary_of(result)
+    ran = summary_lines(result)
     for stage_name in ("vae", "colorize", "vae_color", "concepts"):
         entry, state = predicted[stage_name]
         verb = "cached" if state == "cached" else "ran"
@@ -147,9 +117,7 @@ def test_status_trains_nothing_and_changes_nothing(cache_of, monkeypatch):
     outputs = cache_of(("--stages", "vae,colorize", *BASE))
     before = snapshot(outputs)
     for spec in STAGES:
-        module, _, function = spec.entry.partition(":")
-        monkeypatch.setattr(importlib.import_module(module), function,
-                            lambda *a, **k: pytest.fail("status ran a stage"))
+        replace_stage_entry(monkeypatch, spec, lambda *a, **k: pytest.fail("status ran a stage"))
 
     status_of(outputs, "--set", "vae.latent_dim=7", "--set", "colorize.epochs=5")
 
@@ -161,7 +129,7 @@ def test_status_for_a_colour_vae_says_the_colour_stages_would_be_skipped_and_why
     changed = (*BASE, "--set", "vae.channels=3")
 
     lines = status_of(outputs, *changed)
-    ran = summary_of(succeeded(cli(outputs, "run", "--stages", "vae,colorize", *changed)))
+    ran = summary_lines(succeeded(cli(outputs, "run", "--stages", "vae,colorize", *changed)))
 
     assert lines["vae"][1] == "would run: vae.channels 1 -> 3"
     for stage_name in ("colorize", "vae_color", "concepts"):

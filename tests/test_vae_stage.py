@@ -2,8 +2,7 @@
 
 Speed: one small embedded set (48 faces, 30x30, 19 held out for testing) is prepared once; one 5-epoch VAE is
 trained once and shared by the tests that only read it. Tests that change the cache start from a copy of that
-folder. torch runs on one thread here: these models are tiny, and two threads on a busy 2-core machine spend
-far more time waiting for each other than computing.
+folder. torch runs on one thread (see conftest.py).
 """
 from __future__ import annotations
 
@@ -11,22 +10,20 @@ import json
 import math
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
-from PIL import Image
 
 import stages.vae
-from conftest import latest_entry, read_manifest
+from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run,
+                     read_manifest, succeeded)
 from pipeline.cache import Cache
-from pipeline.cli import main
 from stages import viz
 from stages.registry import STAGE_NAMES
 
-GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 IMAGE_SIDE = 30
 TEST_IMAGES = 19  # 48 faces with --test-fraction 0.4
 PREPARE = ("prepare", "--count", "48", "--test-fraction", "0.4")
@@ -43,44 +40,8 @@ ARTIFACTS = {"model.pt", "metrics.json", "history.json", "loss.png", "reconstruc
 # ----- helpers --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(outputs: Path, *args) -> Result:
-    return CliRunner().invoke(main, [*map(str, args), "--outputs", str(outputs)])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def expected_grid_size(rows: int, columns: int, side: int = IMAGE_SIDE) -> tuple[int, int]:
-    """(width, height) of a stages.viz grid: cells scaled up by an integer factor, 4 px gutters around each."""
-    cell = side * max(1, viz._TARGET_CELL // side)
-    return columns * (cell + GRID_PADDING) + GRID_PADDING, rows * (cell + GRID_PADDING) + GRID_PADDING
-
-
-def decoded_png(path: Path) -> Image.Image:
-    image = Image.open(path)
-    image.load()  # decodes every pixel: a truncated file fails here
-    return image
-
-
-def assert_one_clear_error_line(result: Result, *mentions: str) -> str:
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert result.exit_code not in (0, None), result.output
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    for text in mentions:
-        assert text in errors[0], errors[0]
-    return errors[0]
+# (width, height) of a stages.viz grid of IMAGE_SIDE x IMAGE_SIDE images, cells scaled as stages.viz scales them
+expected_grid_size = partial(grid_size, side=IMAGE_SIDE, target=viz._TARGET_CELL)
 
 
 def assert_nothing_published(outputs: Path, stage: str = "vae") -> None:
@@ -97,35 +58,12 @@ def comparable(metrics: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """An outputs folder holding only the prepared set."""
-    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
-    succeeded(cli(outputs, *PREPARE))
-    return outputs
-
-
-@pytest.fixture(scope="module")
 def trained(prepared, tmp_path_factory) -> tuple[Path, Path, str]:
     """(outputs, vae entry, run output) of the 5-epoch VAE on the shared set; read it, never change it."""
     outputs = tmp_path_factory.mktemp("trained") / "outputs"
     shutil.copytree(prepared, outputs, symlinks=True)
     result = succeeded(cli(outputs, "run", "--stages", "vae", *VAE))
     return outputs, latest_entry(outputs, "vae"), result.output
-
-
-@pytest.fixture
-def copy_of(outputs):
-    """copy_of(folder) -> `outputs` (tmp_path/outputs, where the `pipeline` fixture writes) as a copy of it."""
-
-    def copy(folder: Path) -> Path:
-        shutil.copytree(folder, outputs, symlinks=True)
-        return outputs
-
-    return copy
-
-
-def metrics_of(entry: Path) -> dict:
-    return json.loads((entry / "metrics.json").read_text())
 
 
 def history_of(entry: Path) -> dict:
@@ -263,10 +201,7 @@ def test_rerun_with_same_params_is_a_cache_hit_and_does_not_train(trained, copy_
     _, entry, _ = trained
     copy_of(trained[0])
 
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the vae stage ran although its result is cached")
-
-    monkeypatch.setattr(stages.vae, "run", must_not_run)
+    monkeypatch.setattr(stages.vae, "run", must_not_run("the vae stage"))
     result = succeeded(pipeline("run", "--stages", "vae", *VAE))
 
     assert f"vae: cached (key {entry.name})" in result.output
@@ -401,7 +336,7 @@ def test_diverging_loss_stops_with_one_line_and_publishes_nothing(prepared, copy
 
     result = pipeline("run", "--stages", "vae", *VAE, *SHORT, "--set", "vae.lr=1e30")
 
-    assert_one_clear_error_line(result, "vae.lr")
+    assert_one_clear_error_line(result, "vae.lr", last_line=False)
     assert_nothing_published(outputs)
 
 
@@ -416,14 +351,14 @@ def test_nan_loss_is_caught_however_it_arises(prepared, copy_of, pipeline, outpu
     monkeypatch.setattr(stages.vae, "vae_loss", nan_loss)
     result = pipeline("run", "--stages", "vae", *VAE, *SHORT)
 
-    assert_one_clear_error_line(result, "nan", "epoch 1")
+    assert_one_clear_error_line(result, "nan", "epoch 1", last_line=False)
     assert_nothing_published(outputs)
 
 
 def test_running_before_prepare_says_to_run_prepare(pipeline, outputs):
     result = pipeline("run", "--stages", "vae", *VAE)
 
-    assert_one_clear_error_line(result, "pipeline prepare")
+    assert_one_clear_error_line(result, "pipeline prepare", last_line=False)
     assert not (outputs / "vae").exists()
 
 
@@ -432,7 +367,7 @@ def test_unknown_stage_lists_the_valid_ones(prepared, copy_of, pipeline, outputs
 
     result = pipeline("run", "--stages", "vae,paint", *VAE)
 
-    line = assert_one_clear_error_line(result, "'paint'")
+    line = assert_one_clear_error_line(result, "'paint'", last_line=False)
     assert all(name in line for name in STAGE_NAMES if name != "prepare"), line
     assert not (outputs / "vae").exists()
 
@@ -449,7 +384,7 @@ def test_bad_parameter_fails_in_one_line_before_any_work(prepared, copy_of, pipe
 
     result = pipeline("run", "--stages", "vae", *VAE, "--set", assignment)
 
-    assert_one_clear_error_line(result, mention)
+    assert_one_clear_error_line(result, mention, last_line=False)
     assert not (outputs / "vae").exists()
 
 
