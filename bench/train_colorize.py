@@ -12,10 +12,11 @@ embedded generator, default 1,044 as `pipeline prepare` makes, 10% held out) for
   ours       stages.training.fit with a Job built as stages/colorize.py's run() builds it (ColorizeParams
              batch_size, lr, noise_std, luma_weight and chroma_weight)
 Only training is timed (fit's own clock, which leaves out its per-epoch evaluation and checkpoints). Both are then
-scored on the test faces by stages.colorize.evaluate_colorizer. `--also 64:1e-3` adds rows for other batch sizes
+scored on the test faces by stages.colorize.evaluate_colorizer with the stage's default output step (exact luma
+on), applied to both sides alike, so the scores compare what the two training loops learned. `--also 64:1e-3` adds rows for other batch sizes
 / peak learning rates of ours. The last line is `ratio: <our img/s / reference img/s>`.
 
-    python bench/train_colorize.py [--images 1044] [--epochs 2] [--prepared DIR] [--also BATCH:LR ...]
+    python bench/train_colorize.py [--images 1044] [--epochs 5] [--prepared DIR] [--also BATCH:LR ...]
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from stages.training import Job, batched  # noqa: E402
 
 
 def main() -> None:
-    args = tb.parse_args(__doc__, images=1044, epochs=2)
+    args = tb.parse_args(__doc__, images=1044, epochs=ColorizeParams.epochs)
     params = ColorizeParams(arch="stacknn", epochs=args.epochs, seed=args.seed)
     gray, gray_test, color, color_test = tb.load(args, 1, 3)
 
@@ -68,7 +69,7 @@ def main() -> None:
     tb.compare(f"StackNN colorizer, {params.epochs} epochs, {len(gray)} train / {len(gray_test)} test faces "
                f"(true colourfulness {colourfulness(color_test.numpy()).mean():.1f})", len(gray) * params.epochs,
                params.seed, build, reference, ours, (params.batch_size, params.lr), args.also,
-               lambda model: evaluate_colorizer(model, gray_test, color_test, False), columns, "psnr",
+               lambda model: evaluate_colorizer(model, gray_test, color_test, params.exact_luma), columns, "psnr",
                lower_better=False)
 
 
