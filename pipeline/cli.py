@@ -177,6 +177,10 @@ def run(stages, sets, config, device, force, outputs) -> None:
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
         for outcome in outcomes:
             _print_outcome(outcome, outputs)
+        by_status = {status: [o.stage for o in outcomes if o.status == status] for status in ("ran", "cached",
+                                                                                             "skipped")}
+        click.echo("summary: " + "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items()
+                                           if names) + f" in {sum(o.seconds for o in outcomes):.0f} s")
         _write_report(outputs, outcomes)
 
 

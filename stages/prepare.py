@@ -121,11 +121,11 @@ def _match_labels(names: list[str], rows: dict[str, dict[str, str]]) -> list[dic
     return matched
 
 
-def _collect(images: Iterator[DecodedImage], context: StageContext, total: int | None):
+def _collect(images: Iterator[DecodedImage], context: StageContext, total: int | None, label: str):
     """Stream the decoded images into compact arrays, warning (a bounded number of times) about skipped ones."""
     kept: list[DecodedImage] = []
     skipped: collections.Counter[str] = collections.Counter()
-    with context.progress(total or 0, "decoding") as bar:
+    with context.progress(total or 0, label) as bar:
         for image in images:
             bar.advance(1)
             if image.pixels is None:
@@ -177,7 +177,8 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
     else:
         images = _embedded_images(params.count, params.size, params.crop, context.workers, labels)
         origin = "embedded procedural faces"
-    kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES))
+    kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES),
+                             "decoding images" if params.source else "drawing faces")
 
     color = np.stack([image.pixels for image in kept]) if kept else np.zeros((0, params.size, params.size, 3),
                                                                               np.uint8)
