@@ -82,7 +82,7 @@ def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, classes: 
     model = torch.nn.Linear(images[0].numel(), classes).to(images.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     flat = images.flatten(1)
-    for _ in range(300):
+    for _ in range(150):
         loss = F.cross_entropy(model(flat), labels)
         optimizer.zero_grad()
         loss.backward()

@@ -52,7 +52,7 @@ class VaeParams:
 class ColorizeParams:
     arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
                       choices=("stacknn", "conv"))
-    epochs: int = param(5, "passes over the training split", min=1)
+    epochs: int = param(4, "passes over the training split", min=1)
     batch_size: int = param(64, "images per optimiser step", min=1)
     lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",

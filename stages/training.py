@@ -177,9 +177,10 @@ def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
 def load_model(path: Path, device: torch.device, build: Callable[[dict], torch.nn.Module]):
     """Rebuild a model saved by `save_model` without the CLI; nothing is unpickled beyond tensors and plain types."""
     saved = torch.load(path, map_location=device, weights_only=True)
-    model = build(saved["config"]).to(device)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), saved["config"]
+    with torch.device("meta"):  # no random initialisation of weights about to be overwritten (90 M for StackNN)
+        model = build(saved["config"])
+    model.load_state_dict(saved["state_dict"], assign=True)
+    return model.to(device).eval(), saved["config"]
 
 
 def write_training_record(out_dir: Path, history: History, model: torch.nn.Module, title: str) -> dict:
