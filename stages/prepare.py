@@ -50,11 +50,8 @@ def fingerprint(params: PrepareParams) -> str:
             describe_source(source)
         except SourceError as error:
             raise StageError(str(error)) from None
-        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
-        for file in files:
-            stat = file.stat()
-            digest.update(f"{file.relative_to(source) if source.is_dir() else file.name}|{stat.st_size}|"
-                          f"{stat.st_mtime_ns}\n".encode())
+        for name, stat in _listing(source):
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     else:
         digest.update(_GENERATOR_VERSION.encode())
     if params.labels:
@@ -63,6 +60,19 @@ def fingerprint(params: PrepareParams) -> str:
             raise StageError(f"labels file not found: {labels}: check the path given to --labels")
         digest.update(labels.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _listing(source: Path) -> list[tuple[str, os.stat_result]]:
+    """(relative name, stat) of every file under a folder, or of the one file; plain strings keep 200k fast."""
+    if not source.is_dir():
+        return [(source.name, source.stat())]
+    found = []
+    for folder, _, names in os.walk(source):
+        prefix = os.path.relpath(folder, source)
+        for name in names:
+            path = os.path.join(folder, name)
+            found.append((name if prefix == "." else f"{prefix}/{name}", os.stat(path)))
+    return sorted(found, key=lambda item: item[0])
 
 
 def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, dict[str, str]]:
