@@ -7,6 +7,7 @@ re-run" explanation behave the same for all of them.
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import platform
 import time
@@ -106,6 +107,7 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
         cache.discard(staging)  # nothing half-written is ever published; resume checkpoints stay
         raise
     seconds = time.perf_counter() - clock
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     manifest = {
         "stage": spec.name, "entry": key.entry, "summary": spec.summary, "version": spec.version,
         "params": params_mod.as_dict(stage_params), "key_params": key.params,

@@ -92,7 +92,6 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     results["headline"] = (f"test PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, luma MSE "
                            f"{results['luma_mse']:.5f}, colourfulness ratio {results['colourfulness_ratio']:.2f}, "
                            f"{results['images_per_second']:.0f} img/s")
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
 
 

@@ -5,7 +5,8 @@ tool can plan, key and report without loading a model. `entry` names the functio
 it is imported only when the stage actually runs.
 
 A stage's `run(params, inputs, out_dir, context)` reads only the upstream directories in `inputs`, writes only
-into `out_dir`, and returns its metrics as a JSON-able dict.
+into `out_dir`, and returns its metrics as a JSON-able dict; the runner saves them as metrics.json and in the
+manifest.
 """
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ behind them (*.npy), so the colorize stage can colour exactly these images.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +174,6 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
     results["headline"] = (f"test -ELBO {results['test_neg_elbo']:.1f} nats{excess}, KL {results['test_kl']:.1f}, "
                            f"{results['active_dims']}/{params.latent_dim} active dims, recon PSNR "
                            f"{results['recon_psnr']:.1f} dB, {results['images_per_second']:.0f} img/s")
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
 
 
