@@ -173,7 +173,8 @@ def test_published_manifest_lists_every_file_with_its_size_and_is_complete(cache
 
     assert manifest["complete"] is True
     entry = cache.entry_dir("fake", outcome.entry)
-    assert manifest["files"] == {"result.txt": len("value 1\n"), "metrics.json": (entry / "metrics.json").stat().st_size}
+    metrics_size = (entry / "metrics.json").stat().st_size
+    assert manifest["files"] == {"result.txt": len("value 1\n"), "metrics.json": metrics_size}
     assert json.loads((entry / "metrics.json").read_text()) == manifest["metrics"]
     assert manifest["params"] == {"value": 1}
     assert manifest["reason"] == "nothing cached yet"
