@@ -17,7 +17,7 @@ from pipeline.params import UsageError
 from stages.params import PrepareParams
 from stages.registry import STAGES, StageError
 
-DEFAULT_STAGES = "vae,colorize"
+DEFAULT_STAGES = "vae,colorize,concepts"
 PARAM_TABLES = {spec.name: spec.params for spec in STAGES if spec.name != "prepare"}
 
 
@@ -92,6 +92,7 @@ def main() -> None:
     \b
     pipeline prepare                      build the 30x30 gray + colour set (embedded faces, or --source DIR)
     pipeline run --stages vae,colorize    train or reuse each stage; results land in outputs/
+    pipeline run                          all stages, concept vectors included
     pipeline status                       what is cached, and what would re-run and why
     """
 

@@ -91,7 +91,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="concepts", version=1, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
-        entry="stages.concepts:run", describe=lambda p: f"min{p.min_count}", follows="colorize",
+        entry="stages.concepts:run", describe=lambda p: f"min{p.min_count}",
         skip_reason=_nothing_to_colour,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
                 "edit grids",

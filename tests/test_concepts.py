@@ -62,7 +62,7 @@ def planted(tmp_path_factory) -> dict:
     outputs = root / "outputs"
     succeeded(cli(outputs, "prepare", "--source", folder, "--labels", root / "tags.csv", "--count", "all",
                   "--size", SIDE, "--test-fraction", "0.3", "--no-dedupe"))
-    result = succeeded(cli(outputs, "run", "--stages", "vae,colorize", *PARAMS))
+    result = succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *PARAMS))
     entry = latest_entry(outputs, "concepts")
     return {"root": root, "folder": folder, "outputs": outputs, "output": result.output, "entry": entry,
             "table": json.loads((entry / "concepts.json").read_text()),

@@ -28,7 +28,7 @@ PREPARE = ("prepare", "--count", "48", "--size", "12", "--test-fraction", "0.25"
 PARAMS = ("--set", "vae.epochs=2", "--set", "vae.batch_size=16", "--set", "vae.latent_dim=10",
           "--set", "vae.arch=fc", "--set", "colorize.arch=conv", "--set", "colorize.epochs=1",
           "--set", "colorize.batch_size=32", "--set", "concepts.min_count=10")
-RUN = ("run", "--stages", "vae,colorize", *PARAMS)
+RUN = ("run", "--stages", "vae,colorize,concepts", *PARAMS)
 
 
 def statuses(result: Result) -> dict[str, str]:

@@ -32,7 +32,7 @@ def colour_run(tmp_path_factory) -> dict:
     outputs = root / "outputs"
     succeeded(cli(outputs, "prepare", "--source", folder, "--count", "all", "--size", "64", "--no-dedupe"))
     first = succeeded(cli(outputs, "run", "--stages", "vae", *COLOUR_VAE))
-    both = succeeded(cli(outputs, "run", "--stages", "vae,colorize", *COLOUR_VAE))
+    both = succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *COLOUR_VAE))
     return {"outputs": outputs, "first": first.output, "both": both.output, "entry": latest_entry(outputs, "vae"),
             "test": len(np.load(latest_entry(outputs) / "split.npz")["test"])}
 

@@ -73,7 +73,7 @@ def snapshot(outputs: Path) -> dict[str, int]:
 
 
 def test_status_with_the_settings_of_the_last_run_says_every_stage_is_cached(cache_of):
-    outputs = cache_of(("--stages", "vae,colorize", *BASE))
+    outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
 
     lines = status_of(outputs, *BASE)
 
@@ -84,7 +84,7 @@ def test_status_with_the_settings_of_the_last_run_says_every_stage_is_cached(cac
 
 
 def test_status_after_one_changed_parameter_names_it_and_says_downstream_reruns_because_vae_changed(cache_of):
-    outputs = cache_of(("--stages", "vae,colorize", *BASE))
+    outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
     old_vae = latest_entry(outputs, "vae").name
 
     lines = status_of(outputs, *BASE, "--set", "vae.latent_dim=3")
@@ -98,11 +98,11 @@ def test_status_after_one_changed_parameter_names_it_and_says_downstream_reruns_
 
 
 def test_status_predicts_exactly_what_run_then_does(cache_of):
-    outputs = cache_of(("--stages", "vae,colorize", *BASE))
+    outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
     changed = (*BASE, "--set", "vae.latent_dim=3")
     predicted = status_of(outputs, *changed)
 
-    result = succeeded(cli(outputs, "run", "--stages", "vae,colorize", *changed))
+    result = succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *changed))
 
     ran = summary_lines(result)
     for stage_name in ("vae", "colorize", "vae_color", "concepts"):
@@ -114,7 +114,7 @@ def test_status_predicts_exactly_what_run_then_does(cache_of):
 
 
 def test_status_trains_nothing_and_changes_nothing(cache_of, monkeypatch):
-    outputs = cache_of(("--stages", "vae,colorize", *BASE))
+    outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
     before = snapshot(outputs)
     for spec in STAGES:
         replace_stage_entry(monkeypatch, spec, lambda *a, **k: pytest.fail("status ran a stage"))
@@ -125,11 +125,11 @@ def test_status_trains_nothing_and_changes_nothing(cache_of, monkeypatch):
 
 
 def test_status_for_a_colour_vae_says_the_colour_stages_would_be_skipped_and_why(cache_of):
-    outputs = cache_of(("--stages", "vae,colorize", *BASE))
+    outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
     changed = (*BASE, "--set", "vae.channels=3")
 
     lines = status_of(outputs, *changed)
-    ran = summary_lines(succeeded(cli(outputs, "run", "--stages", "vae,colorize", *changed)))
+    ran = summary_lines(succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *changed)))
 
     assert lines["vae"][1] == "would run: vae.channels 1 -> 3"
     for stage_name in ("colorize", "vae_color", "concepts"):
@@ -145,7 +145,7 @@ def test_status_before_anything_is_prepared_says_to_run_prepare(outputs):
 
 # ----- clean ---------------------------------------------------------------------------------------------------------
 
-FULL = ("--stages", "vae,colorize")
+FULL = ("--stages", "vae,colorize,concepts")
 Z2, Z3 = ("--set", "vae.latent_dim=2"), ("--set", "vae.latent_dim=3")
 
 
