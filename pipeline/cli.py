@@ -59,6 +59,10 @@ def _user_errors():
         yield
     except (UsageError, StageError) as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # disk full, no permission on --outputs, ...: the file and the reason, nothing more
+        where = f"{error.filename}: " if error.filename else ""
+        raise click.ClickException(f"{where}{error.strerror or error}: check the disk and the --outputs folder") \
+            from None
     except KeyboardInterrupt:
         click.echo("\ninterrupted: nothing half-finished was kept; run the same command again to resume.", err=True)
         sys.exit(130)
