@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from helpers import assert_one_clear_error_line
 from pipeline import params
 from pipeline.cache import Cache
+from pipeline.cli import main
 from pipeline.params import UsageError
 from stages.params import ColorizeParams, PrepareParams, VaeParams
 
@@ -60,6 +62,15 @@ def test_missing_source_path_fails_in_one_line_and_caches_nothing(pipeline, outp
 
     assert_one_clear_error_line(result, "no-such-folder", "--source")
     assert_nothing_cached(outputs)
+
+
+def test_an_outputs_folder_that_cannot_be_created_fails_in_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    result = CliRunner().invoke(main, ["prepare", "--count", "10", "--outputs", str(blocker / "outputs")])
+
+    assert_one_clear_error_line(result, str(blocker), "--outputs")
 
 
 def test_empty_source_folder_fails_in_one_line_and_caches_nothing(pipeline, outputs, tmp_path):
