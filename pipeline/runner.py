@@ -128,6 +128,14 @@ def prepared_entry(cache: Cache) -> Path:
     return cache.entry_dir("prepare", latest["entry"])
 
 
+def _skip_reason(spec: StageSpec, all_params: dict[str, Any], available: dict[str, Any]) -> str:
+    """Why `spec` has nothing to do, given the stages available upstream ("" if it runs); run and status share it."""
+    if spec.skip_reason and (reason := spec.skip_reason(all_params)):
+        return reason
+    missing = [name for name in spec.upstream if name not in available]
+    return f"needs {', '.join(missing)}" if missing else ""
+
+
 def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settings, force: bool) -> list[Outcome]:
     """`pipeline run`: every planned stage in order, each reading its upstream stages' published folders."""
     cache = Cache(settings.outputs)
@@ -137,10 +145,9 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
         cache.sweep_staging()
         published = {"prepare": prepared_entry(cache)}
         for spec in specs:
-            missing = [name for name in spec.upstream if name not in published]
-            skip = spec.skip_reason(all_params) if spec.skip_reason else ""
-            if missing or skip:
-                outcomes.append(Outcome(spec.name, "", "skipped", reason=skip or f"needs {', '.join(missing)}"))
+            skip = _skip_reason(spec, all_params, published)
+            if skip:
+                outcomes.append(Outcome(spec.name, "", "skipped", reason=skip))
                 continue
             outcome = run_stage(cache, spec, all_params[spec.name], {n: published[n] for n in spec.upstream},
                                 settings, force=force and spec.name in tokens)
@@ -180,10 +187,9 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
     entries = {"prepare": latest_prepare["entry"]}
     report = [StageStatus("prepare", latest_prepare["entry"], True, "")]
     for spec in plan([s.name for s in STAGES if s.name != "prepare"]):
-        missing = [name for name in spec.upstream if name not in entries]
-        skip = spec.skip_reason(all_params) if spec.skip_reason else ""
-        if missing or skip:  # as run_pipeline decides: no key, nothing to run
-            report.append(StageStatus(spec.name, "", False, skip or f"needs {', '.join(missing)}", skipped=True))
+        skip = _skip_reason(spec, all_params, entries)
+        if skip:  # no key, nothing to run
+            report.append(StageStatus(spec.name, "", False, skip, skipped=True))
             continue
         key = make_key(spec, all_params[spec.name], {name: entries[name] for name in spec.upstream})
         entries[spec.name] = key.entry

@@ -19,12 +19,12 @@ import torch
 from torch.nn import functional as F
 
 from stages.colorize import apply_colorizer, load_colorizer
+from stages.luma import luma_uint8
 from stages.params import ConceptParams
 from stages.registry import StageContext, StageError, StageSkipped
-from stages.training import batched, resolve_device
-from stages.vae import load_prepared, load_vae
-from stages.luma import luma_uint8
 from stages.sources import SourceError, decode_file
+from stages.training import batched, resolve_device
+from stages.vae import decode_images, load_prepared, load_vae
 from stages.viz import save_grid
 
 ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
@@ -62,17 +62,13 @@ def _encode(model, images: torch.Tensor) -> torch.Tensor:
     return batched(lambda x: model.encode(x)[0], images)
 
 
-def _decode(model, z: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(batched(model.decode, z))
-
-
 def edit_consistency(model, mu: torch.Tensor, vector: torch.Tensor) -> float:
     """Mean (projection moved after decode + re-encode) / (α·|v| applied), over faces and α ≠ 0; 1 is perfect."""
     unit = vector / vector.norm()
     alphas = torch.tensor([a for a in ALPHAS if a != 0], device=mu.device)
     edited = mu[:, None] + alphas[None, :, None] * vector  # (F, A, Z)
-    start = _encode(model, _decode(model, mu)) @ unit  # (F,)
-    moved = (_encode(model, _decode(model, edited.flatten(0, 1))) @ unit).view(len(mu), -1) - start[:, None]
+    start = _encode(model, decode_images(model, mu)) @ unit  # (F,)
+    moved = (_encode(model, decode_images(model, edited.flatten(0, 1))) @ unit).view(len(mu), -1) - start[:, None]
     return (moved / (alphas * vector.norm())).mean().item()
 
 
@@ -105,7 +101,7 @@ def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, 
             if name not in concepts:
                 continue
             with torch.no_grad():
-                edited = _decode(vae, starts[name] + LANDING_ALPHA * concepts[name]["vector"])
+                edited = decode_images(vae, starts[name] + LANDING_ALPHA * concepts[name]["vector"])
                 coloured, _ = apply_colorizer(colorizer, edited, exact)
                 verdict = judge(coloured.flatten(1)).argmax(1)
             rates[name] = (verdict == target).float().mean().item()
@@ -138,7 +134,7 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
         untagged = test[~tagged_test][:params.rows]
         start = mu[untagged]
         with torch.no_grad():
-            edits = _decode(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
+            edits = decode_images(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
                             .flatten(0, 1))
             consistency = edit_consistency(vae, start, vector)
             coloured, _ = apply_colorizer(colorizer, edits, colorizer_config["exact_luma"])
@@ -203,7 +199,7 @@ def edit_picture(picture: Path, inputs: dict[str, Path], edits: list[tuple[str, 
     with torch.no_grad():
         mu = vae.encode(gray)[0]
         shift = sum(amount * torch.from_numpy(vectors[name]).to(device) for name, amount in edits)
-        reconstruction, edited = _decode(vae, torch.cat([mu, mu + shift]))
+        reconstruction, edited = decode_images(vae, torch.cat([mu, mu + shift]))
         coloured, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
     panels = torch.stack([gray[0].expand(3, -1, -1), reconstruction.expand(3, -1, -1),
                           edited.expand(3, -1, -1), coloured[0]])

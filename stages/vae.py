@@ -61,8 +61,9 @@ def _evaluator(test: torch.Tensor, params: VaeParams):
     return evaluate
 
 
-def _decode(model, z: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(model.decode(z))
+def decode_images(model, z: torch.Tensor) -> torch.Tensor:
+    """Latent codes -> images in [0,1] (the decoder's mean), in bounded-memory slices."""
+    return torch.sigmoid(batched(model.decode, z))
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
     kl_dims = m.kl_per_dimension(mu, logvar).mean(0)
     neg_elbo = recon_nll + kl_dims.sum().item()
     nll = m.importance_sampled_nll(model, test[:NLL_IMAGES], params.recon, NLL_SAMPLES, generator)
-    psnr, ssim = m.psnr_ssim(_decode(model, mu).cpu().numpy(), test.cpu().numpy())
+    psnr, ssim = m.psnr_ssim(decode_images(model, mu).cpu().numpy(), test.cpu().numpy())
     result = {"test_neg_elbo": neg_elbo, "test_recon_nll": recon_nll, "test_kl": kl_dims.sum().item(),
               "test_nll_importance": nll, "nll_images": min(NLL_IMAGES, len(test)), "nll_samples": NLL_SAMPLES,
               "recon_psnr": psnr, "recon_ssim": ssim, "kl_per_dim": [round(v, 4) for v in kl_dims.tolist()],
@@ -105,12 +106,12 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
 
     chosen = test_index[:RECONSTRUCTIONS]
     originals = images[chosen]
-    reconstructions = _decode(model, model.encode(originals)[0])
+    reconstructions = decode_images(model, model.encode(originals)[0])
     save_grid(torch.cat([originals, reconstructions]).cpu(), len(chosen), out_dir / "reconstructions.png")
     np.save(out_dir / "reconstructions.npy", torch.stack([originals, reconstructions]).cpu().numpy())
     np.save(out_dir / "reconstruction_indices.npy", chosen)
 
-    samples = _decode(model, torch.randn(SAMPLES, params.latent_dim, generator=generator, device=device))
+    samples = decode_images(model, torch.randn(SAMPLES, params.latent_dim, generator=generator, device=device))
     save_grid(samples.cpu(), 8, out_dir / "samples.png")
     np.save(out_dir / "samples.npy", samples.cpu().numpy())
 
@@ -121,7 +122,7 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     mu_a, mu_b = model.encode(ends[:, 0])[0], model.encode(ends[:, 1])[0]
     weights = torch.linspace(0, 1, INTERPOLATION_STEPS, device=device).view(1, -1, 1)
     path = mu_a[:, None] + weights * (mu_b - mu_a)[:, None]  # (P, steps, Z)
-    between = _decode(model, path.flatten(0, 1)).view(len(ends), INTERPOLATION_STEPS, *test.shape[1:])
+    between = decode_images(model, path.flatten(0, 1)).view(len(ends), INTERPOLATION_STEPS, *test.shape[1:])
     interpolation = torch.cat([ends[:, :1], between, ends[:, 1:]], 1)  # (P, steps + 2, C, S, S)
     save_grid(interpolation.flatten(0, 1).cpu(), INTERPOLATION_STEPS + 2, out_dir / "interpolation.png")
     np.save(out_dir / "interpolation.npy", interpolation.cpu().numpy())
@@ -132,7 +133,7 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     codes = centre.repeat(len(order), TRAVERSAL_STEPS, 1)  # (Z, steps, Z)
     for row, dim in enumerate(order):
         codes[row, :, dim] = values
-    traversal = _decode(model, codes.flatten(0, 1)).view(len(order), TRAVERSAL_STEPS, *test.shape[1:])
+    traversal = decode_images(model, codes.flatten(0, 1)).view(len(order), TRAVERSAL_STEPS, *test.shape[1:])
     save_grid(traversal.flatten(0, 1).cpu(), TRAVERSAL_STEPS, out_dir / "traversal.png",
               traversal_labels(order, kl_dims))
     np.save(out_dir / "traversal.npy", traversal.cpu().numpy())
@@ -142,7 +143,7 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
         quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, MANIFOLD_SIDE))
         rows, cols = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")
         grid = torch.stack([cols.flatten(), rows.flatten()], 1).to(device)
-        manifold = _decode(model, grid)
+        manifold = decode_images(model, grid)
         save_grid(manifold.cpu(), MANIFOLD_SIDE, out_dir / "manifold.png")
         np.save(out_dir / "manifold.npy", manifold.cpu().numpy())
 
