@@ -15,7 +15,6 @@ import collections
 import csv
 import hashlib
 import json
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,7 @@ from PIL import Image
 from stages import faces
 from stages.dedupe import duplicate_mask, perceptual_hashes
 from stages.luma import luma_uint8
+from stages.parallel import WorkerDied, batched, map_in_order
 from stages.params import PrepareParams
 from stages.registry import StageContext, StageError
 from stages.sources import DecodedImage, SourceError, describe_source, read_images, resize_square
@@ -33,6 +33,7 @@ from stages.sources import DecodedImage, SourceError, describe_source, read_imag
 EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
 _GENERATOR_VERSION = "faces-1"  # bump when stages/faces.py draws differently
 _PREVIEW_COUNT = 32
+_EMBEDDED_BATCH = 32  # faces per worker job: ~80 ms of drawing, so the pool's cost per job is noise
 _MAX_WARNINGS = 20
 
 
@@ -84,22 +85,21 @@ def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, di
 def _embedded_images(count: int, size: int, crop: float, workers: int | None,
                      labels: dict[str, dict[str, str]]) -> Iterator[DecodedImage]:
     """The procedural faces, drawn in parallel; their factors land in `labels` as they arrive."""
-    total = count or EMBEDDED_FACES
-    with multiprocessing.get_context("fork").Pool(workers or os.cpu_count()) as pool:
-        jobs = pool.imap(_EmbeddedJob(size, crop), range(total), chunksize=32)
-        for image, factors in jobs:
+    batches = batched(range(count or EMBEDDED_FACES), _EMBEDDED_BATCH)
+    for batch in map_in_order(_EmbeddedJob(size, crop), batches, workers or os.cpu_count() or 1):
+        for image, factors in batch:
             labels[image.name] = factors
             yield image
 
 
 class _EmbeddedJob:
-    """Picklable `index -> (image, factors)` for the worker pool."""
+    """Picklable `indices -> [(image, factors), ...]` for the worker processes."""
 
     def __init__(self, size: int, crop: float):
         self.size, self.crop = size, crop
 
-    def __call__(self, index: int):
-        return _embedded_face(index, self.size, self.crop)
+    def __call__(self, indices: list[int]) -> list[tuple[DecodedImage, dict[str, str]]]:
+        return [_embedded_face(index, self.size, self.crop) for index in indices]
 
 
 def _read_label_csv(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -187,8 +187,11 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
     else:
         images = _embedded_images(params.count, params.size, params.crop, context.workers, labels)
         origin = "embedded procedural faces"
-    kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES),
-                             "decoding images" if params.source else "drawing faces")
+    try:
+        kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES),
+                                 "decoding images" if params.source else "drawing faces")
+    except WorkerDied as error:
+        raise StageError(str(error)) from None
 
     color = np.stack([image.pixels for image in kept]) if kept else np.zeros((0, params.size, params.size, 3),
                                                                               np.uint8)

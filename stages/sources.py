@@ -12,11 +12,9 @@ import hashlib
 import io
 import itertools
 import math
-import multiprocessing
 import os
 import re
 import tarfile
-import threading
 import warnings
 import zipfile
 import zlib
@@ -29,6 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stages.parallel import batched, map_in_order
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _SUFFIX_KINDS = {"zip": (".zip",), "npy": (".npy",), "npz": (".npz",),
@@ -37,7 +37,6 @@ _IDX_NAME = re.compile(r"images[-.]idx3-ubyte(\.gz)?$")
 _IDX_MAGIC = 0x00000803
 _MAX_MEMBER_BYTES = 256 * 2**20  # an archive member bigger than this is no image we can use: refuse, don't inflate
 _ARRAY_CHUNK_BYTES = 16 * 2**20
-_WINDOW_PER_WORKER = 8  # batches in flight per worker: keeps cores busy while bounding queued bytes
 _MAX_BATCH = 256  # images per batch sent to a worker: the pool's cost per batch is about a millisecond
 _ARCHIVE_BATCH = 16  # archive batches carry the members' bytes: keep them small
 _REDUCING_GAP = 3  # box-reduce large images to no less than this multiple of the final crop side
@@ -122,7 +121,7 @@ def read_images(path: Path, size: int, crop: float = 1.0, workers: int | None = 
         batch_size = max(1, min(_MAX_BATCH, len(files) // (workers * 4)))  # big batches, yet all workers busy
     else:
         tasks, batch_size = _non_empty(_ARCHIVE_READERS[kind](path), path, looked_for), _ARCHIVE_BATCH
-    batches = _map_in_order(partial(_decode_batch, size=size, crop=crop), _batched(tasks, batch_size), workers)
+    batches = map_in_order(partial(_decode_batch, size=size, crop=crop), batched(tasks, batch_size), workers)
     return (item for batch in batches for item in batch.items())
 
 
@@ -243,41 +242,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     """Floats meant to lie in [0, 1] -> uint8 (out-of-range values are clipped)."""
     return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _map_in_order(
-    decode: Callable[[list[_Task]], _DecodedBatch], batches: Iterator[list[_Task]], workers: int
-) -> Iterator[_DecodedBatch]:
-    """``map(decode, batches)`` across a fork pool, in order, with a bounded window of batches in flight.
-
-    Pool.imap alone drains ``batches`` as fast as it can (archive bytes would pile up in its queue), so the
-    feeder takes a semaphore permit per batch and the consumer gives one back per batch of results."""
-    if workers <= 1:
-        yield from map(decode, batches)
-        return
-    window = threading.Semaphore(workers * _WINDOW_PER_WORKER)
-    stopped = threading.Event()
-
-    def throttled() -> Iterator[list[_Task]]:
-        for batch in batches:
-            window.acquire()
-            if stopped.is_set():
-                return
-            yield batch
-
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        try:
-            for results in pool.imap(decode, throttled()):
-                window.release()
-                yield results
-        finally:
-            stopped.set()
-            window.release()  # wake a blocked feeder so the pool can shut down
-
-
-def _batched(items: Iterator[_Task], size: int) -> Iterator[list[_Task]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 def _non_empty(items: Iterator, path: Path, looked_for: str) -> Iterator:
