@@ -28,7 +28,7 @@ from stages.luma import luma_uint8
 from stages.parallel import WorkerDied, batched, map_in_order
 from stages.params import PrepareParams
 from stages.registry import StageContext, StageError
-from stages.sources import DecodedImage, SourceError, describe_source, read_images, resize_square
+from stages.sources import DecodedImage, SourceError, describe_source, folder_files, read_images, resize_square
 
 EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
 _GENERATOR_VERSION = "faces-1"  # bump when stages/faces.py draws differently
@@ -64,16 +64,10 @@ def fingerprint(params: PrepareParams) -> str:
 
 
 def _listing(source: Path) -> list[tuple[str, os.stat_result]]:
-    """(relative name, stat) of every file under a folder, or of the one file; plain strings keep 200k fast."""
+    """(relative name, stat) of every file under a folder, or of the one file."""
     if not source.is_dir():
         return [(source.name, source.stat())]
-    found = []
-    for folder, _, names in os.walk(source):
-        prefix = os.path.relpath(folder, source)
-        for name in names:
-            path = os.path.join(folder, name)
-            found.append((name if prefix == "." else f"{prefix}/{name}", os.stat(path)))
-    return sorted(found, key=lambda item: item[0])
+    return [(name, entry.stat()) for name, entry in folder_files(source)]
 
 
 def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, dict[str, str]]:

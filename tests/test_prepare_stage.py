@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers import cli, latest_entry, read_manifest, shapes_picture, succeeded
 from stages.faces import FACTORS
+from stages.luma import luma_uint8
 
 
 def prepare(outputs: Path, *args) -> tuple[str, Path]:
@@ -61,13 +62,22 @@ def test_embedded_default_writes_gray_colour_split_sources_labels_and_preview(em
         assert preview.width > 30 and preview.height > 30
 
 
-def test_gray_is_the_luma_of_colour_within_one_level_for_every_pixel(embedded):
+def test_gray_is_the_luma_of_colour_rounded_to_nearest_for_every_pixel(embedded):
     _, entry = embedded
     gray, color = np.load(entry / "gray.npy"), np.load(entry / "color.npy")
 
     difference = np.abs(gray.astype(np.float64) - independent_luma(color))
 
-    assert difference.max() <= 1.0
+    assert difference.max() <= 0.5 + 1e-3  # float32 arithmetic may land a hair past a rounding midpoint
+
+
+def test_luma_is_the_same_whatever_chunks_the_pixels_go_through():
+    color = np.random.default_rng(0).integers(0, 256, (7, 5, 5, 3), dtype=np.uint8)
+
+    whole, in_threes = luma_uint8(color), luma_uint8(color, chunk_pixels=3)
+
+    assert whole.shape == (7, 5, 5) and np.array_equal(whole, in_threes)
+    assert np.abs(whole - independent_luma(color)).max() <= 0.5 + 1e-3
 
 
 def test_split_train_and_test_are_disjoint_and_cover_every_index(embedded):
