@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from pipeline.cli import main
 from stages.registry import STAGE_NAMES
 
-GRID_PADDING = 4  # stages.viz: white gutters of 4 px around every grid cell
+GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 GRID_TARGET_CELL = 90  # stages.viz scales images up by an integer factor to about this many pixels, never down
 SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
 
