@@ -20,11 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import trainbench as tb  # noqa: E402
+import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
+import torch  # noqa: E402
 from stages.models import build_vae  # noqa: E402
 from stages.params import VaeParams  # noqa: E402
 from stages.training import Job  # noqa: E402
@@ -61,7 +60,7 @@ def main() -> None:
                ("test_kl", "KL", "{:>6.2f}"), ("active_dims", "active", "{:>6d}"), ("recon_psnr", "PSNR", "{:>6.2f}")]
     tb.compare(f"fc VAE z{params.latent_dim}, {params.epochs} epochs, {len(train)} train / {len(test)} test faces, "
                f"scored on {min(EVAL_IMAGES, len(test))}", len(train) * params.epochs, params.seed, build, reference,
-               ours, (params.batch_size, params.lr), args.also,
+               tb.our_sides(ours, (params.batch_size, params.lr), args.also),
                lambda model: evaluate_model(model, test[:EVAL_IMAGES], params), columns, "test_neg_elbo",
                lower_better=True)
 

@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, TensorDataset
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pipeline  # noqa: E402,F401  (before torch: it sets the environment torch reads, as the CLI runs with)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from stages.faces import generate_face  # noqa: E402
 from stages.luma import luma_uint8  # noqa: E402
@@ -117,13 +119,17 @@ def cpu_seconds() -> tuple[float, float]:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
 
 
-def compare(title: str, images: int, seed: int, build, reference, ours, defaults, also, evaluate, columns,
-            metric: str, lower_better: bool):
-    """Train the reference, ours(*defaults) and ours(*each of --also) from the same seeded init, evaluate each,
+def our_sides(ours, defaults: tuple[int, float], also: list[tuple[int, float]]) -> list[tuple[str, Callable]]:
+    """(label, train) for ours(*defaults), then ours(*each of --also): the rows `compare` trains after the reference."""
+    return [(f"ours: fit b{b}, one-cycle lr {lr:g}" + (" (defaults)" if i == 0 else ""), ours(b, lr))
+            for i, (b, lr) in enumerate([defaults, *also])]
+
+
+def compare(title: str, images: int, seed: int, build, reference, ours: list[tuple[str, Callable]], evaluate,
+            columns, metric: str, lower_better: bool):
+    """Train the reference and each of `ours` (the first is our defaults) from the same seeded init, evaluate each,
     print a row per side (columns: [(evaluate(model) key, header, format)]), then the verdict and the ratio."""
-    sides = [(f"reference: DataLoader b{REFERENCE_BATCH}, Adam lr 1e-3", reference)]
-    sides += [(f"ours: fit b{b}, one-cycle lr {lr:g}" + (" (defaults)" if i == 0 else ""), ours(b, lr))
-              for i, (b, lr) in enumerate([defaults, *also])]
+    sides = [(f"reference: DataLoader b{REFERENCE_BATCH}, Adam lr 1e-3", reference), *ours]
     print(f"{title}; {images} training images per side, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     print(f"{'side':<46} {'train s':>8} {'img/s':>8} " + " ".join(f"{h:>{len(f.format(0))}}" for _, h, f in columns))
     rows, (busy, own), clock = [], cpu_seconds(), time.perf_counter()
@@ -137,13 +143,14 @@ def compare(title: str, images: int, seed: int, build, reference, ours, defaults
         rows.append((images / seconds, result[metric]))
         print(f"{label:<46} {seconds:8.1f} {images / seconds:8.0f} " + " ".join(f.format(result[k]) for k, _, f in
                                                                               columns), flush=True)
-    (ref_speed, ref_metric), (our_speed, our_metric) = rows[:2]
-    worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
-    verdict = "ours is WORSE at equal epochs: tune the defaults" if worse else "ours is equal or better"
+    (ref_speed, ref_metric), (our_speed, _) = rows[:2]
     (busy_end, own_end), elapsed = cpu_seconds(), time.perf_counter() - clock
     others = (busy_end - busy - (own_end - own)) / elapsed
     print(f"other processes kept {others:.1f} of {os.cpu_count()} cores busy on average during this run" +
           (": torch's threads then wait on each other, which slows many small steps (batch 64) most, so compare "
            "runs with care" if others > 0.25 else ""))
-    print(f"{metric}: ours (defaults) {our_metric:.3f} vs reference {ref_metric:.3f}: {verdict}")
+    for (label, _), (_, our_metric) in zip(sides[1:], rows[1:]):
+        worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
+        print(f"{metric}: {label.split(':')[0]} ({label.split(':', 1)[1].strip()}) {our_metric:.3f} vs reference "
+              f"{ref_metric:.3f}: " + ("WORSE at equal epochs" if worse else "equal or better"))
     print(f"ratio: {our_speed / ref_speed:.2f}")

@@ -6,7 +6,6 @@ stage that trains actually runs.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -17,11 +16,6 @@ from pipeline import runner
 from pipeline.params import UsageError
 from stages.params import PrepareParams
 from stages.registry import STAGES, StageError
-
-# Read by torch at its first allocation, so it must be set before torch loads. Big tensors (StackNN's 313 MB
-# weight gradient, made afresh each step) then come in 2 MB pages: a tenth of the page faults. The colorize stage
-# measured 61 -> 70, 50 -> 60 and 50 -> 54 img/s in three alternating pairs. A user's own setting wins.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 DEFAULT_STAGES = "vae,colorize,concepts"
 PARAM_TABLES = {spec.name: spec.params for spec in STAGES if spec.name != "prepare"}

