@@ -47,10 +47,13 @@ def _down_sizes(size: int) -> list[int]:
 
 
 class ConvVae(nn.Module):
-    """Strided-conv encoder and transposed-conv decoder, no pooling; adapts to any image size.
+    """Strided-conv encoder and upsampling decoder, no pooling; adapts to any image size.
 
-    Each downsampling step halves the side (rounding up), the decoder retraces the same sizes exactly with
-    `output_padding`, so 30 -> 15 -> 8 -> 4 and back. Widths double with depth, capped at 256.
+    Each downsampling step halves the side (rounding up); the decoder retraces the same sizes exactly, each step a
+    nearest-neighbour upsample to the encoder's size followed by a 3x3 conv, so 30 -> 15 -> 8 -> 4 and back.
+    Widths double with depth, capped at 256. Upsample + conv rather than transposed convolutions: those left
+    per-pixel grain in the samples (uneven kernel overlap), which the colorizer then faithfully kept; this
+    decoder's samples are smooth, and its test -ELBO on the default data is 2 nats lower, at 1.5x the time.
     """
 
     def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 16):
@@ -68,17 +71,16 @@ class ConvVae(nn.Module):
         self.logvar = nn.Linear(flat, latent_dim)
         self.project = nn.Sequential(nn.Linear(latent_dim, flat), nn.LeakyReLU(0.2))
         up = []
-        reversed_widths, reversed_sizes = widths[::-1], self.sizes[::-1]
+        reversed_widths = widths[::-1]
         for i, (c_in, c_out) in enumerate(zip(reversed_widths[:-1], reversed_widths[1:])):
-            target, source = reversed_sizes[i + 1], reversed_sizes[i]
-            last = i == len(reversed_widths) - 2
-            kernel = 4 if last else 3
-            padding = 1
-            extra = target - ((source - 1) * 2 - 2 * padding + kernel)
-            up.append(nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=padding, output_padding=extra))
-            if not last:
+            target = self.sizes[-2 - i]
+            up += [nn.Upsample(size=(target, target), mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+            if i < len(reversed_widths) - 2:  # the last layer outputs logits
                 up += [nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.decoder = nn.Sequential(*up)
+        # oneDNN runs these convolutions without a layout reorder around each one in channels-last: a training
+        # step measured 56 -> 41 ms. Flatten and view still read (C, H, W) order, so nothing else changes.
+        self.to(memory_format=torch.channels_last)
 
     def encode(self, x):
         h = self.encoder(x)  # (B, C, S, S) -> (B, W*s*s)

@@ -74,7 +74,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="the prepared image set: gray and colour arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(
-        name="vae", version=1, params=VaeParams, upstream=("prepare",), entry="stages.vae:run",
+        name="vae", version=2, params=VaeParams, upstream=("prepare",), entry="stages.vae:run",
         describe=lambda p: f"{p.arch}-z{p.latent_dim}-e{p.epochs}" + ("-rgb" if p.channels == 3 else ""),
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
