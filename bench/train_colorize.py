@@ -9,9 +9,8 @@ All sides train build_colorizer('stacknn', 30) from the same seeded initialisati
 embedded generator, default 1,044 as `pipeline prepare` makes, 10% held out) for the same epochs:
   reference  DataLoader(TensorDataset(gray, colour), batch_size=64, shuffle=True), torch.optim.Adam(lr=1e-3),
              loss MSE(colour, target) + MSE(luma(colour), gray), N(0, noise_std) noise on the input
-  ours       stages.training.fit with a Job built as stages/colorize.py's run() builds it (ColorizeParams
-             batch_size, lr, noise_std, luma_weight and colourfulness_weight; output bias started at the mean
-             training colour)
+  ours       stages.training.fit on stages.colorize.training_job, the stage's own (ColorizeParams batch_size,
+             lr, noise_std, luma_weight and colourfulness_weight; output bias started at the mean training colour)
   ours, plain MSE   the same with colourfulness_weight 0: the reference's own objective, so its PSNR compares
              the two training loops alone. The default's colourfulness term trades some PSNR for colour by design.
 Only training is timed (fit's own clock, which leaves out its per-epoch evaluation and checkpoints). All are then
@@ -31,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
 import torch  # noqa: E402
-from stages.colorize import colorize_loss, evaluate_colorizer  # noqa: E402
+from stages.colorize import evaluate_colorizer, training_job  # noqa: E402
 from stages.metrics import colourfulness  # noqa: E402
 from stages.models import build_colorizer, luma_of  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
-from stages.training import Job, batched  # noqa: E402
 
 
 def main() -> None:
@@ -53,21 +51,8 @@ def main() -> None:
         return tb.reference(model, (gray, color), loss, params.epochs, params.seed)
 
     def ours(batch_size: int, lr: float, colourfulness_weight: float = params.colourfulness_weight):
-        side = dataclasses.replace(params, colourfulness_weight=colourfulness_weight)
-
-        def batch_loss(model, x, y, generator):  # as in stages/colorize.py's run()
-            noisy = x + side.noise_std * torch.randn(x.shape, generator=generator)
-            return colorize_loss(model(noisy.clamp(0, 1)), y, x, side)
-
-        def evaluate(model):
-            loss, stats = colorize_loss(batched(model, gray_test, 256), color_test, gray_test, side)
-            return {"loss": loss.item(), **{f"test_{k}": v for k, v in stats.items()}}
-
-        def train_ours(model):
-            model.start_at(color.mean(0))
-            return tb.ours(Job(model=model, train_data=(gray, color), batch_loss=batch_loss, evaluate=evaluate,
-                               epochs=side.epochs, batch_size=batch_size, lr=lr, seed=side.seed, label="colorize"))
-        return train_ours
+        side = dataclasses.replace(params, batch_size=batch_size, lr=lr, colourfulness_weight=colourfulness_weight)
+        return lambda model: tb.ours(training_job(model, side, (gray, color), (gray_test, color_test)))
 
     columns = [("psnr", "test PSNR", "{:>9.2f}"), ("ssim", "SSIM", "{:>6.3f}"), ("luma_mse", "luma MSE", "{:>9.5f}"),
                ("colourfulness_output", "colourful", "{:>9.1f}")]
@@ -79,6 +64,7 @@ def main() -> None:
                params.seed, build, reference, sides,
                lambda model: evaluate_colorizer(model, gray_test, color_test, params.exact_luma), columns, "psnr",
                lower_better=False)
+
 
 if __name__ == "__main__":
     main()

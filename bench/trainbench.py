@@ -151,6 +151,6 @@ def compare(title: str, images: int, seed: int, build, reference, ours: list[tup
            "runs with care" if others > 0.25 else ""))
     for (label, _), (_, our_metric) in zip(sides[1:], rows[1:]):
         worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
-        print(f"{metric}: {label.split(':')[0]} ({label.split(':', 1)[1].strip()}) {our_metric:.3f} vs reference "
-              f"{ref_metric:.3f}: " + ("WORSE at equal epochs" if worse else "equal or better"))
+        print(f"{metric}: {label} {our_metric:.3f} vs reference {ref_metric:.3f}: "
+              + ("WORSE at equal epochs" if worse else "equal or better"))
     print(f"ratio: {our_speed / ref_speed:.2f}")
