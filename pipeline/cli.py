@@ -19,18 +19,20 @@ from stages.registry import STAGES, StageError
 
 DEFAULT_STAGES = "vae,colorize,concepts"
 PARAM_TABLES = {spec.name: spec.params for spec in STAGES if spec.name != "prepare"}
+_UNKNOWN_TOTAL_STRIDE = 256  # progress steps per redraw when a stage cannot know its total in advance
 
 
 class _Bar:
     """click's progress bar behind the small interface stages use (`advance(steps, status)`).
 
-    Steps are passed on in strides of 1/200 of the total: redrawing for each of 20,000 decoded images cost more
-    main-process time than the hashing and bookkeeping of those images together."""
+    Steps are passed on in strides of 1/200 of the total (of 256 when the total is unknown, as for a folder still
+    being decoded): redrawing for each of 20,000 decoded images cost more main-process time than the hashing and
+    bookkeeping of those images together."""
 
     def __init__(self, total: int, label: str):
         self._bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
                                       item_show_func=lambda status: status or "")
-        self._stride, self._pending = max(1, total // 200), 0
+        self._stride, self._pending = max(1, total // 200) if total else _UNKNOWN_TOTAL_STRIDE, 0
 
     def __enter__(self):
         self._bar.__enter__()

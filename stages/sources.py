@@ -77,7 +77,7 @@ class _DecodedBatch(NamedTuple):
 
     def items(self) -> Iterator[DecodedImage]:
         for name, digest, reason, pixels in zip(self.names, self.content_hashes, self.skip_reasons, self.pixels):
-            yield DecodedImage(name, digest, None if reason else pixels.copy(), reason)  # copy: don't pin the batch
+            yield DecodedImage(name, digest, None if reason else pixels, reason)  # a view: prepare keeps them all
 
 
 class _Undecodable(Exception):
