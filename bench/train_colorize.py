@@ -1,7 +1,7 @@
 """Side-by-side colorizer training speed and quality: stages.training.fit against the reference DataLoader loop.
 
 Why: StackNN (90 M parameters, almost all in two Linear layers) is the slow stage. `fit` claims to train it
-several times faster than the reference loop (whole set as one tensor, index-slice batches, batch 128, fused Adam
+several times faster than the reference loop (whole set as one tensor, index-slice batches, fused Adam
 under a one-cycle schedule, denormals flushed) at an equal or better test PSNR in the same epochs. This measures
 both claims in one run, so a busy machine slows both sides alike.
 

@@ -127,7 +127,7 @@ class StackNN(nn.Module):
     def start_at(self, mean_colour: torch.Tensor) -> None:
         """Make the untrained network output `mean_colour` (3, S, S) rather than a flat sigmoid(0) gray.
 
-        A default run makes about 30 optimiser steps; spending the first of them discovering the average face is
+        A default run makes about 60 optimiser steps; spending the first of them discovering the average face is
         a waste (seen as +0.1 dB PSNR and +0.02 SSIM at 4 epochs)."""
         self.head[-1].bias.copy_(torch.logit(mean_colour.clamp(0.01, 0.99)).flatten())
 

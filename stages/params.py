@@ -53,12 +53,12 @@ class ColorizeParams:
     arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
                       choices=("stacknn", "conv"))
     epochs: int = param(4, "passes over the training split", min=1)
-    batch_size: int = param(128, "images per optimiser step", min=1)
-    lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
+    batch_size: int = param(64, "images per optimiser step", min=1)
+    lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
                              min=0.0)
     luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
-    colourfulness_weight: float = param(0.25, "weight of (colourfulness(output) - colourfulness(true))^2 per "
+    colourfulness_weight: float = param(0.2, "weight of (colourfulness(output) - colourfulness(true))^2 per "
                                         "image: keeps colours vivid; 0 is plain MSE", min=0.0)
     exact_luma: bool = param(True, "shift each output pixel so its luma equals the gray input exactly")
     seed: int = param(0, "seed of initialisation, batching and noise", min=0)
