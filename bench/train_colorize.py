@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
 import torch  # noqa: E402
-from stages.colorize import evaluate_colorizer, training_job  # noqa: E402
+from stages.colorize import evaluate_colorizer, mean_colour_psnr, training_job  # noqa: E402
 from stages.metrics import colourfulness  # noqa: E402
 from stages.models import build_colorizer, luma_of  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
@@ -59,9 +59,10 @@ def main() -> None:
     defaults = (params.batch_size, params.lr)
     sides = tb.our_sides(ours, defaults, args.also)
     sides.insert(1, (f"ours, plain MSE: b{defaults[0]}, colourfulness 0", ours(*defaults, colourfulness_weight=0.0)))
+    untrained = mean_colour_psnr(color, gray_test, color_test)
     tb.compare(f"StackNN colorizer, {params.epochs} epochs, {len(gray)} train / {len(gray_test)} test faces "
-               f"(true colourfulness {colourfulness(color_test).mean():.1f})", len(gray) * params.epochs,
-               params.seed, build, reference, sides,
+               f"(true colourfulness {colourfulness(color_test).mean():.1f}; with no training, the mean colour at each "
+               f"face's luma scores {untrained:.2f} dB)", len(gray) * params.epochs, params.seed, build, reference, sides,
                lambda model: evaluate_colorizer(model, gray_test, color_test, params.exact_luma), columns, "psnr",
                lower_better=False)
 

@@ -67,6 +67,15 @@ def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: b
     }
 
 
+def mean_colour_psnr(train_colour: torch.Tensor, test_gray: torch.Tensor, test_colour: torch.Tensor) -> float:
+    """Test PSNR of the colorizer that ignores its input: the mean training colour with each test image's luma put
+    in by exact_luma. A plain-MSE colorizer (colourfulness_weight 0) that does not beat it has learned nothing, as
+    StackNN once did at too few steps; the colourful default trades about 0.5 dB for colour, so it may not."""
+    mean = train_colour.mean(0, keepdim=True).expand(len(test_gray), -1, -1, -1)
+    colour = exact_luma(mean, test_gray).clamp(0, 1)
+    return m.psnr_ssim(colour.cpu().numpy(), test_colour.cpu().numpy())[0]
+
+
 def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor]) -> Job:
     """How the stage trains a colorizer on (gray, colour) pairs; bench/train_colorize.py times exactly this."""
@@ -100,6 +109,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
 
     results = evaluate_colorizer(model, gray[test_index], color[test_index], params.exact_luma)
     results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
+    results["mean_colour_psnr"] = mean_colour_psnr(color[train_index], gray[test_index], color[test_index])
     results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms)"))
     shown = test_index[:TEST_GRID]
     colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)

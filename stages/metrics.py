@@ -70,7 +70,8 @@ def psnr_ssim(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     for out, ref in zip(output, target):
         if channel_axis is None:
             out, ref = out[..., 0], ref[..., 0]
-        psnr.append(peak_signal_noise_ratio(ref, out, data_range=1.0))
+        with np.errstate(divide="ignore"):  # an exact match is an infinite PSNR, handled below
+            psnr.append(peak_signal_noise_ratio(ref, out, data_range=1.0))
         ssim.append(structural_similarity(ref, out, data_range=1.0, channel_axis=channel_axis,
                                           win_size=min(7, min(ref.shape[:2]) // 2 * 2 - 1)))
     finite_psnr = [p for p in psnr if math.isfinite(p)] or [100.0]

@@ -76,7 +76,7 @@ def test_colorize_metrics_are_finite(trained):
     outputs, _ = trained
     metrics = metrics_of(latest_entry(outputs, "colorize"))
 
-    for name in ("psnr", "ssim", "luma_mse", "colourfulness_ratio", "luma_mse_before_clipping"):
+    for name in ("psnr", "ssim", "luma_mse", "colourfulness_ratio", "luma_mse_before_clipping", "mean_colour_psnr"):
         assert math.isfinite(metrics[name]), name
     assert metrics["psnr"] > 0 and -1 <= metrics["ssim"] <= 1
     assert 0 <= metrics["luma_mse"] < 1 and metrics["colourfulness_ratio"] >= 0
@@ -165,6 +165,22 @@ def test_colourfulness_term_pulls_a_washed_out_output_towards_vivid():
 
 
 # ----- exact luma ------------------------------------------------------------------------------------------------------
+
+
+def test_mean_colour_baseline_is_exact_only_where_every_image_has_the_mean_colour():
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.uniform(0.2, 0.8, (6, 3, SIDE, SIDE)).astype(np.float32))
+    mean = train.mean(0, keepdim=True)
+    luma_of_mean = sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))
+    same = mean.repeat(2, 1, 1, 1)
+    assert stages.colorize.mean_colour_psnr(train, luma_of_mean.repeat(2, 1, 1, 1), same) > 60
+
+    different = torch.from_numpy(rng.uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32))
+    gray = sum(w * different[:, c:c + 1] for c, w in enumerate(BT601))
+    baseline = stages.colorize.mean_colour_psnr(train, gray, different)
+    shifted = (mean + gray - sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))).clamp(0, 1)
+    by_hand = np.mean([10 * math.log10(1 / float((s - d).pow(2).mean())) for s, d in zip(shifted, different)])
+    assert baseline == pytest.approx(by_hand, abs=1e-3) and baseline < 30
 
 
 def test_exact_luma_shift_makes_luma_equal_gray_before_clipping():
