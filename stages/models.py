@@ -150,6 +150,7 @@ class ConvColorizer(nn.Module):
         self.up2 = block(6 * width, 2 * width)
         self.up1 = block(3 * width, width)
         self.out = nn.Conv2d(width, 3, 1)
+        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders; 8-20% faster steps
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         size = gray.shape[-2:]

@@ -79,7 +79,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=3, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
+        name="colorize", version=4, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
         describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_colour,
         summary="a trained colorizer (gray -> colour) and its test metrics and test grid",
     ),
