@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.parallel import batched, map_in_order
@@ -198,9 +199,14 @@ def _decode_image(data: bytes, size: int, crop: float) -> np.ndarray:
     """Encoded bytes -> (size, size, 3) uint8; raises _Undecodable with the reason."""
     if not data:
         raise _Undecodable("empty file")
+    needed = math.ceil(size / crop)
+    fast = _plain_jpeg(data, needed)
+    if fast is not None:
+        if _box_factor(min(fast.shape[:2]), size, crop) >= 2:
+            fast = np.asarray(_box_reduced(Image.fromarray(fast), size, crop))
+        return resize_square(fast, size, crop)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            needed = math.ceil(size / crop)
             image.draft("RGB", (needed, needed))  # JPEG only: DCT-downscale, never below the crop's size
             if "exif" in image.info:
                 image = ImageOps.exif_transpose(image)  # camera photos: upright before cropping
@@ -214,11 +220,35 @@ def _decode_image(data: bytes, size: int, crop: float) -> np.ndarray:
     return resize_square(np.asarray(rgb), size, crop)
 
 
+def _plain_jpeg(data: bytes, needed: int) -> np.ndarray | None:
+    """A plain YCbCr or gray JPEG decoded by libjpeg-turbo (simplejpeg), DCT-scaled by eighths to no less than
+    ``needed`` on either side; None for everything else, which Pillow decodes.
+
+    Why not Pillow for these too: on a 96x96 face Pillow spends as long parsing the JPEG's markers in Python as
+    libjpeg-turbo spends decoding it, and its draft mode only scales by 1/2, 1/4 or 1/8. This halves the CPU
+    time of `prepare` per image. Left to Pillow: EXIF-tagged photos (orientation), CMYK/YCCK colour, anything
+    over the decompression-bomb limit, and anything libjpeg-turbo warns about (truncated, corrupt), so that
+    every skip reason and conversion stays Pillow's."""
+    if not data.startswith(b"\xff\xd8") or b"Exif\x00\x00" in data[:65536]:
+        return None
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+        if colour not in ("YCbCr", "Gray") or height * width > Image.MAX_IMAGE_PIXELS:
+            return None
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=needed, min_width=needed, strict=True)
+    except ValueError:
+        return None
+
+
 def _box_reduced(image: Image.Image, size: int, crop: float) -> Image.Image:
     """Big images that draft mode could not shrink, box-averaged by an integer factor to >= 3x the crop's output
     side: the final Lanczos would keep nothing more, and it would need a float copy of every pixel."""
-    factor = int(min(image.size) * crop / (size * _REDUCING_GAP))
+    factor = _box_factor(min(image.size), size, crop)
     return image.reduce(factor) if factor >= 2 else image
+
+
+def _box_factor(short_side: int, size: int, crop: float) -> int:
+    return int(short_side * crop / (size * _REDUCING_GAP))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import write_idx
-from stages.sources import SourceError, describe_source, read_images, resize_square
+from stages.sources import SourceError, _plain_jpeg, describe_source, read_images, resize_square
 
 SIZE = 30
 
@@ -345,3 +345,52 @@ def test_jpeg_draft_decoding_keeps_quality(tmp_path):
 
     assert np.abs(whole.astype(int) - resize_square(np.asarray(big), SIZE)).mean() < 2
     assert np.abs(centre.astype(int) - resize_square(np.asarray(big), SIZE, crop=0.25)).mean() < 2
+
+
+# ---------------------------------------------------------------------------------------------- the JPEG fast path
+
+
+def exif_oriented(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation: 3 = stored upside down
+    return exif.tobytes()
+
+
+def test_plain_jpegs_take_libjpeg_turbo_and_the_rest_stay_with_pillow():
+    plain = encoded(picture(5, side=96), "JPEG", quality=90)
+    needed = SIZE
+
+    fast = _plain_jpeg(plain, needed)
+
+    assert fast is not None and min(fast.shape[:2]) >= needed and fast.shape[2] == 3
+    assert _plain_jpeg(encoded(picture(5, side=96).convert("L"), "JPEG"), needed) is not None
+    assert _plain_jpeg(encoded(picture(5, side=96), "JPEG", exif=exif_oriented(3)), needed) is None
+    assert _plain_jpeg(encoded(uniform("CMYK", (0, 255, 255, 0)), "JPEG"), needed) is None
+    assert _plain_jpeg(plain[: len(plain) // 2], needed) is None  # truncated: Pillow names the reason
+    assert _plain_jpeg(encoded(picture(5, side=96), "PNG"), needed) is None
+
+
+def test_fast_jpeg_decoding_matches_pillow(tmp_path):
+    face = picture(6, side=96)
+
+    ours = decode_one(tmp_path / "plain", face, "JPEG", quality=95)
+    pillow = resize_square(np.asarray(Image.open(io.BytesIO(encoded(face, "JPEG", quality=95))).convert("RGB")), SIZE)
+
+    assert np.abs(ours.astype(int) - pillow).mean() < 1.5
+
+
+def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
+    top_red = np.zeros((64, 64, 3), np.uint8)
+    top_red[:32] = (220, 30, 30)
+    top_red[32:] = (30, 30, 220)
+    stored_upside_down = Image.fromarray(top_red).rotate(180)
+
+    pixels = decode_one(tmp_path / "exif", stored_upside_down, "JPEG", quality=95, exif=exif_oriented(3))
+
+    assert pixels[2, SIZE // 2, 0] > 180 and pixels[-3, SIZE // 2, 2] > 180  # red on top again, blue below
+
+
+def test_cmyk_jpeg_converts_to_the_right_rgb(tmp_path):
+    pixels = decode_one(tmp_path / "cmyk", uniform("CMYK", (0, 255, 255, 0)), "JPEG", quality=95)
+
+    assert np.abs(pixels.astype(int) - (255, 0, 0)).max() <= 3
