@@ -229,7 +229,7 @@ def _plain_jpeg(data: bytes, needed: int) -> np.ndarray | None:
     time of `prepare` per image. Left to Pillow: EXIF-tagged photos (orientation), CMYK/YCCK colour, anything
     over the decompression-bomb limit, and anything libjpeg-turbo warns about (truncated, corrupt), so that
     every skip reason and conversion stays Pillow's."""
-    if not data.startswith(b"\xff\xd8") or b"Exif\x00\x00" in data[:65536]:
+    if not data.startswith(b"\xff\xd8") or data.find(b"Exif\x00\x00", 0, 65536) >= 0:  # no slice copy
         return None
     try:
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
