@@ -102,14 +102,16 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
     torch.manual_seed(params.seed)
     model = build_colorizer(params.arch, gray.shape[-1]).to(device)
-    job = training_job(model, params, (gray[train_index], color[train_index]), (gray[test_index], color[test_index]))
+    gray_train, color_train = gray[train_index], color[train_index]
+    gray_test, color_test = gray[test_index], color[test_index]
+    job = training_job(model, params, (gray_train, color_train), (gray_test, color_test))
     history = fit(job, context, device)
     save_model(out_dir / "model.pt", model, {"arch": params.arch, "size": gray.shape[-1],
                                               "exact_luma": params.exact_luma})
 
-    results = evaluate_colorizer(model, gray[test_index], color[test_index], params.exact_luma)
+    results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)
     results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
-    results["mean_colour_psnr"] = mean_colour_psnr(color[train_index], gray[test_index], color[test_index])
+    results["mean_colour_psnr"] = mean_colour_psnr(color_train, gray_test, color_test)
     results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms)"))
     shown = test_index[:TEST_GRID]
     colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
