@@ -5,7 +5,7 @@
 - Adam with the fused kernel where the build has it (the reference's unfused step is a third of its time),
   under a one-cycle schedule (warm-up, then cosine decay), which lets the VAE train as well in the same epochs
   at twice the reference's batch, with half the optimiser steps. Those two are where most of the speed comes
-  from. (StackNN keeps the reference's batch 64: at 128 its 32 steps taught it nothing.)
+  from. (StackNN keeps the reference's batch 64: stages/colorize.py says why.)
 - Denormals are flushed on CPU: Adam's second moments drift into denormal range and slow every step.
 - All randomness (order, noise) comes from one seeded torch.Generator, saved with each checkpoint, so an
   interrupted run resumes exactly where it stopped and the same seed on CPU gives identical results.
