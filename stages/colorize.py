@@ -114,7 +114,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)
     results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
     results["mean_colour_psnr"] = mean_colour_psnr(color_train, gray_test, color_test)
-    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms)"))
+    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colourfulness gap)"))
     shown = test_index[:TEST_GRID]
     colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
     save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
