@@ -34,7 +34,7 @@ SIDE, TARGET = 96, 30
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> None:
-    """``count`` distinct 96x96 JPEGs: a bicubic-upsampled 6x6 colour field with grain, like a soft photo."""
+    """``count`` distinct 96x96 JPEGs: a bicubic-upsampled 6x6 color field with grain, like a soft photo."""
     rng = np.random.default_rng(seed)
     for index in range(count):
         coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))

@@ -76,7 +76,7 @@ def faces(count: int) -> Path:
 
 
 def load(args: argparse.Namespace, *channels: int) -> list[torch.Tensor]:
-    """train, test float tensors in [0,1], (N, C, 30, 30), for each C in `channels` (1 gray, 3 colour)."""
+    """train, test float tensors in [0,1], (N, C, 30, 30), for each C in `channels` (1 gray, 3 color)."""
     folder, tensors = args.prepared or faces(args.images), []
     for count in channels:
         images, train, test = load_prepared(folder, count)

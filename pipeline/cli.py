@@ -102,10 +102,10 @@ def _write_report(outputs: Path, outcomes: list[runner.Outcome]) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Learn to draw small faces: prepare an image set, train a VAE on gray faces, colourise them.
+    """Learn to draw small faces: prepare an image set, train a VAE on gray faces, colorize them.
 
     \b
-    pipeline prepare                      build the 30x30 gray + colour set (embedded faces, or --source DIR)
+    pipeline prepare                      build the 30x30 gray + color set (embedded faces, or --source DIR)
     pipeline run --stages vae,colorize    train or reuse each stage; results land in outputs/
     pipeline run                          all stages, concept vectors included
     pipeline status                       what is cached, and what would re-run and why
@@ -148,7 +148,7 @@ def _parse_crop(value: str) -> float:
 @click.option("--force", is_flag=True, help="Rebuild even if an identical set is cached.")
 @outputs_option
 def prepare(source, labels, count, size, crop, seed, test_fraction, dedupe, workers, force, outputs) -> None:
-    """Build the image set: gray + colour arrays, a seeded train/test split and preview.png."""
+    """Build the image set: gray + color arrays, a seeded train/test split and preview.png."""
     with _user_errors():
         overrides = {"source": str(source or ""), "labels": str(labels or ""), "count": _parse_count(count),
                      "size": size, "crop": _parse_crop(crop), "seed": seed, "test_fraction": test_fraction,
@@ -163,7 +163,7 @@ def _stage_params(sets: tuple[str, ...], config: Path | None) -> dict:
     layers = [params_mod.read_config(config, PARAM_TABLES)] if config else []
     layers.append(params_mod.parse_sets(sets, PARAM_TABLES))
     merged = params_mod.merge(*layers)
-    return {name: params_mod.build(cls, name, merged.get(name, {})) for name, cls in PARAM_TABLES.items()}
+    return {name: params_mod.build(cls, name, merged.get(name, {}), _warn) for name, cls in PARAM_TABLES.items()}
 
 
 def _params_listing() -> str:
@@ -244,7 +244,7 @@ def _parse_concept(value: str) -> str:
 @click.option("--amount", "amounts", multiple=True, type=float,
               help="How far to move along each --concept, in order (default 1.5; the last one repeats).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("edited.png"),
-              show_default=True, help="Where to write the strip: input | reconstruction | edited | coloured.")
+              show_default=True, help="Where to write the strip: input | reconstruction | edited | colored.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @outputs_option
 def edit(picture, concepts, amounts, output, device, outputs) -> None:
@@ -253,7 +253,7 @@ def edit(picture, concepts, amounts, output, device, outputs) -> None:
         amounts = list(amounts) or [1.5]
         pairs = [(name, amounts[min(i, len(amounts) - 1)]) for i, name in enumerate(concepts)]
         runner.edit(picture, pairs, output, _settings(outputs, device))
-        click.echo(f"wrote {output}: input | reconstruction | edited gray | edited colour")
+        click.echo(f"wrote {output}: input | reconstruction | edited gray | edited color")
 
 
 @main.command(name="params")

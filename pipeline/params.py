@@ -64,11 +64,18 @@ def _field_types(params_class: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(params_class)}
 
 
-def build(params_class: type, table: str, overrides: dict[str, Any]):
-    """A validated `params_class` instance from `overrides` (name -> raw value); `table` names it in errors."""
+def build(params_class: type, table: str, overrides: dict[str, Any], warn=lambda message: None):
+    """A validated `params_class` instance from `overrides` (name -> raw value); `table` names it in errors.
+
+    A parameter's old name (the class's `renamed` table) is accepted with a one-line note through `warn`."""
     fields = _field_types(params_class)
+    renamed = getattr(params_class, "renamed", {})
     values = {}
     for name, raw in overrides.items():
+        if name in renamed:
+            warn(f"note: {table}.{name} is now spelled {table}.{renamed[name]}; the old name will stop working "
+                 "in the next release")
+            name = renamed[name]
         if name not in fields:
             known = ", ".join(f"{table}.{n}" for n in fields) or "none"
             raise UsageError(f"unknown parameter {table}.{name} (known: {known})")

@@ -27,17 +27,17 @@ details{margin:.5em 0} .tag{display:inline-block;padding:0 .5em;border-radius:.8
 
 # Which images each stage shows, in order, with the caption a person needs to read them.
 _IMAGES = {
-    "prepare": [("preview.png", "gray | colour pairs of the prepared set")],
+    "prepare": [("preview.png", "gray | color pairs of the prepared set")],
     "vae": [("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
             ("samples.png", "64 decodes of z ~ N(0, I)"),
             ("interpolation.png", "each row: two test faces and 7 latent points between them"),
             ("traversal.png", "each row: one latent dimension from -3 to 3 (ordered by KL)"),
             ("manifold.png", "the 2-D latent space, 15x15 grid"),
             ("loss.png", "train and test loss per epoch")],
-    "colorize": [("test_colorized.png", "test faces: gray input | colorized | true colour"),
+    "colorize": [("test_colorized.png", "test faces: gray input | colorized | true color"),
                  ("loss.png", "train and test loss per epoch")],
     "vae_color": [("samples_color.png", "the VAE's samples, colorized"),
-                  ("reconstructions_color.png", "gray | VAE reconstruction | colorized | true colour"),
+                  ("reconstructions_color.png", "gray | VAE reconstruction | colorized | true color"),
                   ("interpolation_color.png", "interpolations, colorized"),
                   ("traversal_color.png", "latent traversals, colorized")],
 }

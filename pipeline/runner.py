@@ -171,7 +171,7 @@ class StageStatus:
     entry: str
     cached: bool
     reason: str  # why it would run (or why it would be skipped); "" when cached
-    skipped: bool = False  # run would skip this stage (e.g. nothing to colour for a colour VAE)
+    skipped: bool = False  # run would skip this stage (e.g. nothing to color for a color VAE)
 
 
 def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:

@@ -1,20 +1,20 @@
-"""The colorize stages: train a gray -> colour network on the prepared set, then colour the VAE's outputs.
+"""The colorize stages: train a gray -> color network on the prepared set, then color the VAE's outputs.
 
 Training depends only on the prepared set and the colorize parameters, so changing a VAE parameter re-runs
 `vae_color` (cheap: apply the existing colorizer to the new gray images) without retraining the colorizer.
 
-Loss = MSE(colour, target) + λ_luma · MSE(luma(colour), gray) + λ_colourful · (C(colour) − C(target))²
-where C is an image's Hasler–Süsstrunk colourfulness (stages.metrics, on the [0,1] scale). The last term is ours:
+Loss = MSE(color, target) + λ_luma · MSE(luma(color), gray) + λ_colorful · (C(color) − C(target))²
+where C is an image's Hasler–Süsstrunk colorfulness (stages.metrics, on the [0,1] scale). The last term is ours:
 plain MSE on an ambiguous hue (is that mid-gray hair red, blue or purple?) pays least by predicting the average
-hue, a washed-out sepia. Asking each image to be as colourful as its true colour, rather than each pixel as
-saturated, lets the network spend colour where it is surest. On the default data (4 epochs, batch 64) weight 0.2
-bought the colourfulness ratio 0.43 -> 0.72 for 0.47 dB of PSNR; a per-pixel saturation term cost twice that.
+hue, a washed-out sepia. Asking each image to be as colorful as its true color, rather than each pixel as
+saturated, lets the network spend color where it is surest. On the default data (4 epochs, batch 64) weight 0.2
+bought the colorfulness ratio 0.43 -> 0.72 for 0.47 dB of PSNR; a per-pixel saturation term cost twice that.
 
 Batch 64 at peak lr 2e-3 (60 steps in 4 epochs), not 128 at 3e-3 (32 steps): with the larger steps StackNN's
-training loss stayed at the mean image's (0.12) and plain MSE scored what the mean training colour plus
+training loss stayed at the mean image's (0.12) and plain MSE scored what the mean training color plus
 exact_luma scores (18.79 against 18.80 dB): the network had learned nothing. At batch 64 the loss falls to
 0.053 by epoch 4 and hair, eyes and backgrounds take different hues by content. Batch 128 at lr 1e-3 does learn
-(plain MSE 18.92 dB) but trades colour worse: weight 0.2 gave ratio 0.76 at -0.86 dB, 0.15 gave 0.67 at -0.54 dB,
+(plain MSE 18.92 dB) but trades color worse: weight 0.2 gave ratio 0.76 at -0.86 dB, 0.15 gave 0.67 at -0.54 dB,
 where batch 64 gives 0.72 at -0.47 dB; and it ran only ~1.2x faster per image.
 """
 from __future__ import annotations
@@ -38,16 +38,16 @@ TEST_GRID = 16
 
 def colorize_loss(color, target, gray, params: ColorizeParams):
     """The training objective, with its parts for the history; `gray` is the clean luma of the target."""
-    colour_mse = (color - target).pow(2).mean()
+    color_mse = (color - target).pow(2).mean()
     luma_mse = (luma_of(color) - gray).pow(2).mean()
-    colourfulness_gap = ((m.colourfulness(color) - m.colourfulness(target)) / 255).pow(2).mean()
-    loss = colour_mse + params.luma_weight * luma_mse + params.colourfulness_weight * colourfulness_gap
-    return loss, {"colour_mse": colour_mse.item(), "luma_mse": luma_mse.item(),
-                  "colourfulness_gap": colourfulness_gap.item()}
+    colorfulness_gap = ((m.colorfulness(color) - m.colorfulness(target)) / 255).pow(2).mean()
+    loss = color_mse + params.luma_weight * luma_mse + params.colorfulness_weight * colorfulness_gap
+    return loss, {"color_mse": color_mse.item(), "luma_mse": luma_mse.item(),
+                  "colorfulness_gap": colorfulness_gap.item()}
 
 
 def apply_colorizer(model, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour (B, 1, S, S) gray images; returns (clipped colour, unclipped colour) in [0,1] scale."""
+    """Color (B, 1, S, S) gray images; returns (clipped color, unclipped color) in [0,1] scale."""
     with torch.no_grad():
         color = batched(model, gray, 256)
         if exact:
@@ -64,23 +64,23 @@ def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: b
         "psnr": psnr, "ssim": ssim,
         "luma_mse": (luma_of(color) - gray).pow(2).mean().item(),
         "luma_mse_before_clipping": luma_error_unclipped.mean().item() if luma_error_unclipped.numel() else 0.0,
-        "colourfulness_output": m.colourfulness(color).mean().item(),
-        "colourfulness_true": m.colourfulness(target).mean().item(),
+        "colorfulness_output": m.colorfulness(color).mean().item(),
+        "colorfulness_true": m.colorfulness(target).mean().item(),
     }
 
 
-def mean_colour_psnr(train_colour: torch.Tensor, test_gray: torch.Tensor, test_colour: torch.Tensor) -> float:
-    """Test PSNR of the colorizer that ignores its input: the mean training colour with each test image's luma put
-    in by exact_luma. A plain-MSE colorizer (colourfulness_weight 0) that does not beat it has learned nothing, as
-    StackNN once did at too few steps; the colourful default trades about 0.5 dB for colour, so it may not."""
-    mean = train_colour.mean(0, keepdim=True).expand(len(test_gray), -1, -1, -1)
-    colour = exact_luma(mean, test_gray).clamp(0, 1)
-    return m.psnr_ssim(colour.cpu().numpy(), test_colour.cpu().numpy())[0]
+def mean_color_psnr(train_color: torch.Tensor, test_gray: torch.Tensor, test_color: torch.Tensor) -> float:
+    """Test PSNR of the colorizer that ignores its input: the mean training color with each test image's luma put
+    in by exact_luma. A plain-MSE colorizer (colorfulness_weight 0) that does not beat it has learned nothing, as
+    StackNN once did at too few steps; the colorful default trades about 0.5 dB for color, so it may not."""
+    mean = train_color.mean(0, keepdim=True).expand(len(test_gray), -1, -1, -1)
+    color = exact_luma(mean, test_gray).clamp(0, 1)
+    return m.psnr_ssim(color.cpu().numpy(), test_color.cpu().numpy())[0]
 
 
 def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor]) -> Job:
-    """How the stage trains a colorizer on (gray, colour) pairs; bench/train_colorize.py times exactly this."""
+    """How the stage trains a colorizer on (gray, color) pairs; bench/train_colorize.py times exactly this."""
     (gray, color), (gray_test, color_test) = train, test
     if isinstance(model, StackNN):
         model.start_at(color.mean(0))
@@ -112,15 +112,15 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
                                               "exact_luma": params.exact_luma})
 
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)
-    results["colourfulness_ratio"] = results["colourfulness_output"] / max(results["colourfulness_true"], 1e-9)
-    results["mean_colour_psnr"] = mean_colour_psnr(color_train, gray_test, color_test)
-    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colourfulness gap)"))
+    results["colorfulness_ratio"] = results["colorfulness_output"] / max(results["colorfulness_true"], 1e-9)
+    results["mean_color_psnr"] = mean_color_psnr(color_train, gray_test, color_test)
+    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colorfulness gap)"))
     shown = test_index[:TEST_GRID]
     colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
     save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
               out_dir / "test_colorized.png")
     results["headline"] = (f"test PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, luma MSE "
-                           f"{results['luma_mse']:.5f}, colourfulness ratio {results['colourfulness_ratio']:.2f}, "
+                           f"{results['luma_mse']:.5f}, colorfulness ratio {results['colorfulness_ratio']:.2f}, "
                            f"{results['images_per_second']:.0f} img/s")
     return results
 
@@ -129,15 +129,15 @@ def load_colorizer(path: Path, device: torch.device):
     return load_model(path, device, lambda c: build_colorizer(c["arch"], c["size"]))
 
 
-def _colour_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:
-    """(..., 1, S, S) gray array -> (..., 3, S, S) colour tensor, keeping the leading shape."""
+def _color_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:
+    """(..., 1, S, S) gray array -> (..., 3, S, S) color tensor, keeping the leading shape."""
     lead = gray.shape[:-3]
     flat = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32)).to(device).reshape(-1, *gray.shape[-3:])
     return apply_colorizer(model, flat, exact)[0].reshape(*lead, 3, *gray.shape[-2:]).cpu()
 
 
 def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
-    """Colour exactly the gray images the VAE stage wrote (samples, interpolations, traversals, reconstructions)."""
+    """Color exactly the gray images the VAE stage wrote (samples, interpolations, traversals, reconstructions)."""
     vae_dir, colorizer_dir = inputs["vae"], inputs["colorize"]
     vae_config = torch.load(vae_dir / "model.pt", map_location="cpu", weights_only=True)["config"]
     device = resolve_device(context.device)
@@ -147,16 +147,16 @@ def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Pat
         raise StageError(f"the colorizer works on {config['size']}px images but the VAE on {vae_config['size']}px: "
                          "re-run both on one prepared set")
 
-    samples = _colour_array(model, np.load(vae_dir / "samples.npy"), exact, device)
+    samples = _color_array(model, np.load(vae_dir / "samples.npy"), exact, device)
     save_grid(samples, 8, out_dir / "samples_color.png")
-    interpolation = _colour_array(model, np.load(vae_dir / "interpolation.npy"), exact, device)
+    interpolation = _color_array(model, np.load(vae_dir / "interpolation.npy"), exact, device)
     save_grid(interpolation.flatten(0, 1), interpolation.shape[1], out_dir / "interpolation_color.png")
-    traversal = _colour_array(model, np.load(vae_dir / "traversal.npy"), exact, device)
+    traversal = _color_array(model, np.load(vae_dir / "traversal.npy"), exact, device)
     kl = json.loads((vae_dir / "metrics.json").read_text())["kl_per_dim"]
     save_grid(traversal.flatten(0, 1), traversal.shape[1], out_dir / "traversal_color.png",
               traversal_labels(np.load(vae_dir / "traversal_dims.npy"), kl))
     originals, reconstructions = np.load(vae_dir / "reconstructions.npy")
-    colored = _colour_array(model, reconstructions, exact, device)
+    colored = _color_array(model, reconstructions, exact, device)
     truth = np.load(inputs["prepare"] / "color.npy")[np.load(vae_dir / "reconstruction_indices.npy")]
     truth = torch.from_numpy(truth.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     rows = [torch.from_numpy(originals).expand(-1, 3, -1, -1), torch.from_numpy(reconstructions).expand(-1, 3, -1, -1),
@@ -166,8 +166,8 @@ def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Pat
                         ("reconstructions", colored)):
         np.save(out_dir / f"{name}_color.npy", array.numpy())
 
-    colourfulness = m.colourfulness(samples).mean().item()
+    colorfulness = m.colorfulness(samples).mean().item()
     sample_luma_mse = (luma_of(samples) - torch.from_numpy(np.load(vae_dir / "samples.npy"))).pow(2).mean().item()
-    return {"samples_colourfulness": colourfulness, "samples_luma_mse": sample_luma_mse,
-            "headline": f"coloured the VAE's outputs: samples colourfulness {colourfulness:.1f}, "
+    return {"samples_colorfulness": colorfulness, "samples_luma_mse": sample_luma_mse,
+            "headline": f"colored the VAE's outputs: samples colorfulness {colorfulness:.1f}, "
                         f"luma MSE {sample_luma_mse:.5f}"}

@@ -5,7 +5,7 @@ each one three ways, so a person can trust an edit before making it:
   - separation: ROC AUC of the test faces' projection onto the vector, tagged vs untagged;
   - consistency: decode μ + α·v, re-encode it, and measure how far the projection actually moved per unit of α;
   - landing (embedded faces only, whose factors are exact): a logistic-regression classifier trained on the
-    prepared colour images judges whether an edit toward e.g. hair=blonde is seen as blonde afterwards.
+    prepared color images judges whether an edit toward e.g. hair=blonde is seen as blonde afterwards.
 """
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, 
                 continue
             with torch.no_grad():
                 edited = decode_images(vae, starts[name] + LANDING_ALPHA * concepts[name]["vector"])
-                coloured, _ = apply_colorizer(colorizer, edited, exact)
-                verdict = judge(coloured.flatten(1)).argmax(1)
+                colored, _ = apply_colorizer(colorizer, edited, exact)
+                verdict = judge(colored.flatten(1)).argmax(1)
             rates[name] = (verdict == target).float().mean().item()
     return rates
 
@@ -137,10 +137,10 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
             edits = decode_images(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
                             .flatten(0, 1))
             consistency = edit_consistency(vae, start, vector)
-            coloured, _ = apply_colorizer(colorizer, edits, colorizer_config["exact_luma"])
+            colored, _ = apply_colorizer(colorizer, edits, colorizer_config["exact_luma"])
         stem = file_stem(name)
         save_grid(edits.cpu(), len(ALPHAS), out_dir / f"concept_{stem}.png")
-        save_grid(coloured.cpu(), len(ALPHAS), out_dir / f"concept_{stem}_color.png")
+        save_grid(colored.cpu(), len(ALPHAS), out_dir / f"concept_{stem}_color.png")
         concepts[name] = {"vector": vector, "train_tagged": int(tagged_train.sum()),
                           "train_untagged": int((~tagged_train).sum()), "test_tagged": int(tagged_test.sum()),
                           "test_auc": auc, "edit_consistency": consistency, "grid": f"concept_{stem}.png",
@@ -177,7 +177,7 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
 
 def edit_picture(picture: Path, inputs: dict[str, Path], edits: list[tuple[str, float]], output: Path,
                  device_name: str) -> None:
-    """Write a strip input | reconstruction | edited gray | edited colour for a user's own picture.
+    """Write a strip input | reconstruction | edited gray | edited color for a user's own picture.
 
     The picture goes through exactly what `prepare` does to every image (centre square, crop, resize, luma), so
     the VAE sees it as it saw its training set. `inputs` holds the prepare, vae, colorize and concepts entries.
@@ -200,7 +200,7 @@ def edit_picture(picture: Path, inputs: dict[str, Path], edits: list[tuple[str, 
         mu = vae.encode(gray)[0]
         shift = sum(amount * torch.from_numpy(vectors[name]).to(device) for name, amount in edits)
         reconstruction, edited = decode_images(vae, torch.cat([mu, mu + shift]))
-        coloured, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
+        colored, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
     panels = torch.stack([gray[0].expand(3, -1, -1), reconstruction.expand(3, -1, -1),
-                          edited.expand(3, -1, -1), coloured[0]])
+                          edited.expand(3, -1, -1), colored[0]])
     save_grid(panels.cpu(), 4, output)

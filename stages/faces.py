@@ -1,9 +1,9 @@
 """Procedural anime-style face portraits: the pipeline's built-in image set.
 
 Why this exists: the pipeline must run end to end with no data on disk, and
-what it trains (a VAE and a gray->colour colorizer) is only interesting when
-the images vary in ways that matter for colour.  So every face is drawn from
-independent, uniformly drawn labelled factors (hair colour, eye colour, skin,
+what it trains (a VAE and a gray->color colorizer) is only interesting when
+the images vary in ways that matter for color.  So every face is drawn from
+independent, uniformly drawn labelled factors (hair color, eye color, skin,
 background, ...) plus continuous jitter, which makes concept vectors ("mean
 latent of blonde faces minus the rest") meaningful and makes >= 20,000
 distinct images available.
@@ -11,7 +11,7 @@ distinct images available.
 The look follows anime portrait crops: a big head filling the frame, large
 bright eyes with highlights, shaded hair with a fringe over the forehead and
 locks framing the face.  Shapes are bold on purpose: the faces are used at
-30x30, where only large shapes and colours survive.
+30x30, where only large shapes and colors survive.
 
 Direction convention: "left" means the face is turned towards the image's
 left edge (the viewer's left): nose, mouth and chin move left, the left eye
@@ -92,7 +92,7 @@ def _shade(rgb, k: float) -> tuple[int, int, int]:
     return tuple(min(255, max(0, round(c + (255 - c) * k))) for c in rgb)
 
 
-def _jitter_colour(rng: np.random.Generator, rgb, brightness: float, channel: float):
+def _jitter_color(rng: np.random.Generator, rgb, brightness: float, channel: float):
     c = np.asarray(rgb, dtype=float) * rng.uniform(1 - brightness, 1 + brightness)
     c += rng.uniform(-channel, channel, 3)
     return tuple(int(v) for v in np.clip(np.rint(c), 0, 255))
@@ -300,15 +300,15 @@ def generate_face(index: int) -> tuple[np.ndarray, dict[str, str]]:
     u = rng.uniform
     yaw = _YAW[f["direction"]] * u(0.45, 0.6) + u(-0.04, 0.04)
     h = _Head(cx=_S * u(0.46, 0.54), cy=_S * u(0.4, 0.46), R=_S * u(0.37, 0.42), yaw=yaw)
-    hair = _jitter_colour(rng, _HAIR[f["hair"]], 0.1, 14)
-    skin = _jitter_colour(rng, _SKIN[f["skin"]], 0.04, 5)
-    iris = _jitter_colour(rng, _EYES[f["eyes"]], 0.1, 12)
+    hair = _jitter_color(rng, _HAIR[f["hair"]], 0.1, 14)
+    skin = _jitter_color(rng, _SKIN[f["skin"]], 0.04, 5)
+    iris = _jitter_color(rng, _EYES[f["eyes"]], 0.1, 12)
     cloth = tuple(int(v) for v in rng.integers(30, 230, 3))
     hair_dark = _shade(hair, -0.5)
     skin_shadow = tuple(int(c * k) for c, k in zip(skin, (0.92, 0.8, 0.8)))
     lw = _SS  # outline width: one output pixel
 
-    img = _background(_jitter_colour(rng, _BACKGROUND[f["background"]], 0.05, 8), rng)
+    img = _background(_jitter_color(rng, _BACKGROUND[f["background"]], 0.05, 8), rng)
     draw = ImageDraw.Draw(img)
     draw.polygon(_back_hair(h, f["hair_length"], rng), fill=_shade(hair, -0.2),
                  outline=hair_dark, width=lw)

@@ -7,12 +7,12 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def luma(red, green, blue):
-    """Luma of colour channels given separately (arrays or tensors of one shape, any scale)."""
+    """Luma of color channels given separately (arrays or tensors of one shape, any scale)."""
     return LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
 
 
 def luma_uint8(color, chunk_pixels: int = 65536):
-    """(..., 3) uint8 colour -> (...) uint8 gray, rounded to nearest.
+    """(..., 3) uint8 color -> (...) uint8 gray, rounded to nearest.
 
     Works through the pixels in cache-sized chunks: the float copy of a whole 20,000-image set would be 200 MB,
     and streaming it through memory made this 8x slower than the chunked loop, with identical results."""

@@ -1,4 +1,4 @@
-"""Numbers that back the eye: ELBO and importance-sampled NLL in nats, PSNR/SSIM, colourfulness.
+"""Numbers that back the eye: ELBO and importance-sampled NLL in nats, PSNR/SSIM, colorfulness.
 
 Likelihoods are per image, in nats, summed over pixels. For the Bernoulli (BCE) likelihood on continuous gray,
 the best possible reconstruction term is the pixels' own binary entropy (`bce_entropy_floor`), so we report
@@ -78,8 +78,8 @@ def psnr_ssim(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(finite_psnr)), float(np.mean(ssim))
 
 
-def colourfulness(images: torch.Tensor) -> torch.Tensor:
-    """Hasler & Süsstrunk (2003) colourfulness per image: (N, 3, H, W) in [0,1] -> (N,), on the 0-255 scale.
+def colorfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler & Süsstrunk (2003) colorfulness per image: (N, 3, H, W) in [0,1] -> (N,), on the 0-255 scale.
 
     Differentiable (the colorizer's loss matches it), so the metric and the training target are one formula."""
     rgb = images.flatten(2) * 255

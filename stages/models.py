@@ -124,18 +124,18 @@ class StackNN(nn.Module):
         return torch.sigmoid(self.head(h)).view(-1, 3, self.size, self.size)
 
     @torch.no_grad()
-    def start_at(self, mean_colour: torch.Tensor) -> None:
-        """Make the untrained network output `mean_colour` (3, S, S) rather than a flat sigmoid(0) gray.
+    def start_at(self, mean_color: torch.Tensor) -> None:
+        """Make the untrained network output `mean_color` (3, S, S) rather than a flat sigmoid(0) gray.
 
         A default run makes about 60 optimiser steps; spending the first of them discovering the average face is
         a waste (seen as +0.1 dB PSNR and +0.02 SSIM at 4 epochs)."""
-        self.head[-1].bias.copy_(torch.logit(mean_colour.clamp(0.01, 0.99)).flatten())
+        self.head[-1].bias.copy_(torch.logit(mean_color.clamp(0.01, 0.99)).flatten())
 
 
 class ConvColorizer(nn.Module):
     """A small fully convolutional colorizer: a two-level U-Net predicting chroma added to the gray input.
 
-    Predicting the colour as gray + a residual makes the easy part (brightness) free, and skip connections keep
+    Predicting the color as gray + a residual makes the easy part (brightness) free, and skip connections keep
     edges sharp, so it needs a fraction of StackNN's parameters.
     """
 

@@ -9,10 +9,14 @@ Field metadata:
   choices  the allowed values of a string parameter
   min/max  inclusive bounds of a number
   hashed   False for settings that name *where* data is rather than *what* it is (the cache fingerprints the data)
+
+A class may declare `renamed = {old: new}` (a ClassVar): the old name keeps working for one release, with a
+one-line deprecation note.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 def param(default, help: str, **rules):
@@ -38,7 +42,7 @@ class VaeParams:
                       choices=("conv", "fc"))
     latent_dim: int = param(10, "size of the latent code z", min=1, max=512)
     width: int = param(16, "channels of the first conv layer, doubling with depth (conv only)", min=1, max=256)
-    channels: int = param(1, "1 = train on gray; 3 = train on colour directly", choices=(1, 3))
+    channels: int = param(1, "1 = train on gray; 3 = train on color directly", choices=(1, 3))
     epochs: int = param(30, "passes over the training split", min=1)
     batch_size: int = param(128, "images per optimiser step", min=1)
     lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
@@ -50,6 +54,7 @@ class VaeParams:
 
 @dataclass(frozen=True)
 class ColorizeParams:
+    renamed: ClassVar[dict[str, str]] = {"colourfulness_weight": "colorfulness_weight"}  # old name -> new, one release
     arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
                       choices=("stacknn", "conv"))
     epochs: int = param(4, "passes over the training split", min=1)
@@ -58,8 +63,8 @@ class ColorizeParams:
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
                              min=0.0)
     luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
-    colourfulness_weight: float = param(0.2, "weight of (colourfulness(output) - colourfulness(true))^2 per "
-                                        "image: keeps colours vivid; 0 is plain MSE", min=0.0)
+    colorfulness_weight: float = param(0.2, "weight of (colorfulness(output) - colorfulness(true))^2 per "
+                                        "image: keeps colors vivid; 0 is plain MSE", min=0.0)
     exact_luma: bool = param(True, "shift each output pixel so its luma equals the gray input exactly")
     seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 

@@ -1,4 +1,4 @@
-"""The prepare stage: any image source -> N square colour images, their luma, a seeded split and a preview.
+"""The prepare stage: any image source -> N square color images, their luma, a seeded split and a preview.
 
 Outputs (all plain numpy / CSV / PNG, nothing pickled):
     color.npy    (N, S, S, 3) uint8
@@ -6,7 +6,7 @@ Outputs (all plain numpy / CSV / PNG, nothing pickled):
     split.npz    train, test: int64 indices into the arrays, disjoint, seeded
     sources.csv  index, file, content_hash of every kept image
     labels.csv   file + one column per tag (embedded faces: their factors; else the --labels CSV), if any
-    preview.png  gray next to colour for the first 32 images
+    preview.png  gray next to color for the first 32 images
     dataset.json where the images came from (embedded generator or a path), their size and count
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _collect(images: Iterator[DecodedImage], context: StageContext, total: int |
 
 
 def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
-    """Pairs of (gray | colour), 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+    """Pairs of (gray | color), 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
     count = min(len(gray), _PREVIEW_COUNT)
     size, columns, gap = gray.shape[1], 8, 2
     rows = -(-count // columns)

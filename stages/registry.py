@@ -55,9 +55,9 @@ class StageSpec:
     skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
 
 
-def _nothing_to_colour(all_params: dict) -> str:
+def _nothing_to_color(all_params: dict) -> str:
     if all_params["vae"].channels == 3:
-        return "the VAE trains on colour (vae.channels=3), so its outputs need no colorizer"
+        return "the VAE trains on color (vae.channels=3), so its outputs need no colorizer"
     return ""
 
 
@@ -71,28 +71,28 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="prepare", version=1, params=PrepareParams, upstream=(), entry="stages.prepare:run",
         describe=_describe_prepare, fingerprint="stages.prepare:fingerprint",
-        summary="the prepared image set: gray and colour arrays, the train/test split, sources and a preview grid",
+        summary="the prepared image set: gray and color arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(
-        name="vae", version=2, params=VaeParams, upstream=("prepare",), entry="stages.vae:run",
+        name="vae", version=3, params=VaeParams, upstream=("prepare",), entry="stages.vae:run",
         describe=lambda p: f"{p.arch}-z{p.latent_dim}-e{p.epochs}" + ("-rgb" if p.channels == 3 else ""),
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=4, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
-        describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_colour,
-        summary="a trained colorizer (gray -> colour) and its test metrics and test grid",
+        name="colorize", version=5, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
+        describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_color,
+        summary="a trained colorizer (gray -> color) and its test metrics and test grid",
     ),
     StageSpec(
-        name="vae_color", version=1, params=NoParams, upstream=("prepare", "vae", "colorize"),
+        name="vae_color", version=2, params=NoParams, upstream=("prepare", "vae", "colorize"),
         entry="stages.colorize:colorize_vae_outputs",
-        describe=lambda p: "vae-colored", follows="colorize", skip_reason=_nothing_to_colour,
-        summary="the VAE's samples, interpolations, traversals and reconstructions coloured by the colorizer",
+        describe=lambda p: "vae-colored", follows="colorize", skip_reason=_nothing_to_color,
+        summary="the VAE's samples, interpolations, traversals and reconstructions colored by the colorizer",
     ),
     StageSpec(
-        name="concepts", version=1, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
+        name="concepts", version=2, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
         entry="stages.concepts:run", describe=lambda p: f"min{p.min_count}",
-        skip_reason=_nothing_to_colour,
+        skip_reason=_nothing_to_color,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
                 "edit grids",
     ),

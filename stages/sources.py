@@ -226,14 +226,14 @@ def _plain_jpeg(data: bytes, needed: int) -> np.ndarray | None:
 
     Why not Pillow for these too: on a 96x96 face Pillow spends as long parsing the JPEG's markers in Python as
     libjpeg-turbo spends decoding it, and its draft mode only scales by 1/2, 1/4 or 1/8. This halves the CPU
-    time of `prepare` per image. Left to Pillow: EXIF-tagged photos (orientation), CMYK/YCCK colour, anything
+    time of `prepare` per image. Left to Pillow: EXIF-tagged photos (orientation), CMYK/YCCK color, anything
     over the decompression-bomb limit, and anything libjpeg-turbo warns about (truncated, corrupt), so that
     every skip reason and conversion stays Pillow's."""
     if not data.startswith(b"\xff\xd8") or data.find(b"Exif\x00\x00", 0, 65536) >= 0:  # no slice copy
         return None
     try:
-        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
-        if colour not in ("YCbCr", "Gray") or height * width > Image.MAX_IMAGE_PIXELS:
+        height, width, color, _ = simplejpeg.decode_jpeg_header(data)
+        if color not in ("YCbCr", "Gray") or height * width > Image.MAX_IMAGE_PIXELS:
             return None
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=needed, min_width=needed, strict=True)
     except ValueError:
@@ -266,7 +266,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError:
-        raise _Undecodable(f"unsupported colour mode {image.mode}") from None
+        raise _Undecodable(f"unsupported color mode {image.mode}") from None
 
 
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:

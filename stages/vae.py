@@ -1,8 +1,8 @@
-"""The VAE stage: train on the prepared gray (or colour) faces, then write what a person needs to judge it.
+"""The VAE stage: train on the prepared gray (or color) faces, then write what a person needs to judge it.
 
 Reads from the prepare entry: gray.npy or color.npy, split.npz. Writes model.pt, metrics.json, history.json,
 loss.png, the grids (reconstructions, samples, interpolation, traversal, manifold when z is 2-D) and the arrays
-behind them (*.npy), so the colorize stage can colour exactly these images.
+behind them (*.npy), so the colorize stage can color exactly these images.
 """
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ def _label_rows(image: Image.Image, labels: list[str]) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     row_height = (image.height - 4) / len(labels)
     for i, label in enumerate(labels):
-        colour = (150, 150, 150) if "inactive" in label else (0, 0, 0)
-        draw.text((4, 4 + row_height * (i + 0.5) - 6), label, fill=colour, font=font)
+        color = (150, 150, 150) if "inactive" in label else (0, 0, 0)
+        draw.text((4, 4 + row_height * (i + 0.5) - 6), label, fill=color, font=font)
     return canvas
 
 
@@ -74,12 +74,12 @@ def save_loss_chart(curves: dict[str, list[float]], path: Path, title: str) -> N
         draw.text((4, y - 6), f"{value:.4g}", fill=(80, 80, 80), font=font)
     draw.text((left, height - bottom + 12), f"epoch 1 ... {epochs}", fill=(80, 80, 80), font=font)
     draw.text((left, 8), title, fill=(0, 0, 0), font=font)
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
     for i, (name, curve) in enumerate(curves.items()):
         points = [point(e, v) for e, v in enumerate(curve) if np.isfinite(v)]
         if len(points) > 1:
-            draw.line(points, fill=colours[i % 4], width=2)
+            draw.line(points, fill=colors[i % 4], width=2)
         elif points:
-            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colours[i % 4])
-        draw.text((width - right - 120, top + 8 + 14 * i), f"— {name}", fill=colours[i % 4], font=font)
+            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colors[i % 4])
+        draw.text((width - right - 120, top + 8 + 14 * i), f"— {name}", fill=colors[i % 4], font=font)
     image.save(path)

@@ -118,7 +118,7 @@ def grid_size(rows: int, columns: int, side: int, target: int = GRID_TARGET_CELL
 
 
 def shapes_picture(seed: int, side: int = 48) -> Image.Image:
-    """An RGB picture of a few coloured ellipses and rectangles on a coloured background, different per seed."""
+    """An RGB picture of a few colored ellipses and rectangles on a colored background, different per seed."""
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(0, 256, 3)))
     draw = ImageDraw.Draw(image)

@@ -207,6 +207,15 @@ def test_build_rejects_an_unknown_parameter_and_lists_the_known_ones():
     assert "\n" not in message
 
 
+def test_old_colourfulness_weight_spelling_still_sets_the_parameter_with_a_one_line_note():
+    notes = []
+    built = params.build(ColorizeParams, "colorize", {"colourfulness_weight": "0.3"}, notes.append)
+
+    assert built.colorfulness_weight == 0.3
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert "colorize.colorfulness_weight" in notes[0]
+
+
 @pytest.mark.parametrize("cls, table, name, value, expected", [
     (VaeParams, "vae", "latent_dim", "eight", "vae.latent_dim: expected a whole number, got 'eight'"),
     (VaeParams, "vae", "latent_dim", "2.5", "vae.latent_dim: expected a whole number"),

@@ -32,7 +32,7 @@ VAE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=3", "--set", "vae.epochs
        "--set", "vae.lr=3e-3", "--set", "vae.seed=0")
 COLORIZE = ("--set", "colorize.arch=stacknn", "--set", "colorize.epochs=4", "--set", "colorize.batch_size=16",
             "--set", "colorize.lr=1e-3", "--set", "colorize.noise_std=0.05", "--set", "colorize.luma_weight=1",
-            "--set", "colorize.colourfulness_weight=0.25", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
+            "--set", "colorize.colorfulness_weight=0.25", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
 ONE_EPOCH = ("--set", "colorize.epochs=1")
 BT601 = (0.299, 0.587, 0.114)  # written out here, independently of stages.luma
 
@@ -76,10 +76,10 @@ def test_colorize_metrics_are_finite(trained):
     outputs, _ = trained
     metrics = metrics_of(latest_entry(outputs, "colorize"))
 
-    for name in ("psnr", "ssim", "luma_mse", "colourfulness_ratio", "luma_mse_before_clipping", "mean_colour_psnr"):
+    for name in ("psnr", "ssim", "luma_mse", "colorfulness_ratio", "luma_mse_before_clipping", "mean_color_psnr"):
         assert math.isfinite(metrics[name]), name
     assert metrics["psnr"] > 0 and -1 <= metrics["ssim"] <= 1
-    assert 0 <= metrics["luma_mse"] < 1 and metrics["colourfulness_ratio"] >= 0
+    assert 0 <= metrics["luma_mse"] < 1 and metrics["colorfulness_ratio"] >= 0
     assert metrics["epochs"] == 4 and metrics["parameters"] > 0
     assert read_manifest(latest_entry(outputs, "colorize"))["metrics"] == metrics
 
@@ -98,7 +98,7 @@ def test_luma_loss_falls_during_training(trained):
     ("interpolation_color.png", stages.vae.INTERPOLATION_PAIRS, stages.vae.INTERPOLATION_STEPS + 2),
     ("reconstructions_color.png", 4, min(stages.vae.RECONSTRUCTIONS, TEST_IMAGES)),
 ])
-def test_vae_outputs_are_coloured_into_rgb_grids_of_the_same_layout(trained, name, rows, columns):
+def test_vae_outputs_are_colored_into_rgb_grids_of_the_same_layout(trained, name, rows, columns):
     outputs, result = trained
     entry = latest_entry(outputs, "vae_color")
 
@@ -111,7 +111,7 @@ def test_vae_outputs_are_coloured_into_rgb_grids_of_the_same_layout(trained, nam
     assert (pixels[..., 0] != pixels[..., 1]).any() or (pixels[..., 1] != pixels[..., 2]).any(), "not gray"
 
 
-def test_coloured_traversal_keeps_one_labelled_row_per_latent_dimension(trained):
+def test_colored_traversal_keeps_one_labelled_row_per_latent_dimension(trained):
     outputs, _ = trained
     entry = latest_entry(outputs, "vae_color")
     grid_width, grid_height = expected_grid_size(3, stages.vae.TRAVERSAL_STEPS)
@@ -122,62 +122,62 @@ def test_coloured_traversal_keeps_one_labelled_row_per_latent_dimension(trained)
     assert np.load(entry / "traversal_color.npy").shape == (3, stages.vae.TRAVERSAL_STEPS, 3, SIDE, SIDE)
 
 
-def test_coloured_samples_are_the_vae_samples_in_colour(trained):
+def test_colored_samples_are_the_vae_samples_in_color(trained):
     outputs, _ = trained
     gray = np.load(latest_entry(outputs, "vae") / "samples.npy")[:, 0]
-    colour = np.load(latest_entry(outputs, "vae_color") / "samples_color.npy")
+    color = np.load(latest_entry(outputs, "vae_color") / "samples_color.npy")
 
-    assert colour.shape == (len(gray), 3, SIDE, SIDE)
-    luma = sum(w * colour[:, c] for c, w in enumerate(BT601))
-    assert np.abs(luma - gray).mean() < 0.25, "the colour follows the gray image's brightness"
-
-
-# ----- colourfulness, the metric and the loss term ---------------------------------------------------------------------
+    assert color.shape == (len(gray), 3, SIDE, SIDE)
+    luma = sum(w * color[:, c] for c, w in enumerate(BT601))
+    assert np.abs(luma - gray).mean() < 0.25, "the color follows the gray image's brightness"
 
 
-def test_colourfulness_matches_hasler_and_suesstrunk_by_hand():
+# ----- colorfulness, the metric and the loss term ---------------------------------------------------------------------
+
+
+def test_colorfulness_matches_hasler_and_suesstrunk_by_hand():
     red_green = torch.zeros(1, 3, 2, 2)
     red_green[0, 0, 0], red_green[0, 1, 1] = 1, 1  # top row pure red, bottom row pure green
     # rg = +-255 (std 255), yb = 127.5 everywhere (std 0, mean 127.5): 255 + 0.3 * 127.5
-    assert stages.metrics.colourfulness(red_green).item() == pytest.approx(293.25, abs=1e-3)
-    assert stages.metrics.colourfulness(torch.full((1, 3, 4, 4), 0.4)).item() < 0.01
+    assert stages.metrics.colorfulness(red_green).item() == pytest.approx(293.25, abs=1e-3)
+    assert stages.metrics.colorfulness(torch.full((1, 3, 4, 4), 0.4)).item() < 0.01
 
 
-def test_colourfulness_term_pulls_a_washed_out_output_towards_vivid():
+def test_colorfulness_term_pulls_a_washed_out_output_towards_vivid():
     generator = torch.Generator().manual_seed(0)
     target = torch.rand(4, 3, 12, 12, generator=generator)
     gray = sum(w * target[:, c:c + 1] for c, w in enumerate(BT601))
-    washed = (gray + 0.3 * (target - gray)).expand(-1, 3, -1, -1).clone()  # true hues, a third of the colour
-    params = stages.colorize.ColorizeParams(colourfulness_weight=0.25)
+    washed = (gray + 0.3 * (target - gray)).expand(-1, 3, -1, -1).clone()  # true hues, a third of the color
+    params = stages.colorize.ColorizeParams(colorfulness_weight=0.25)
 
-    def colourfulness_after_a_step(loss_of):
+    def colorfulness_after_a_step(loss_of):
         output = washed.clone().requires_grad_()
         loss_of(output).backward()
-        return stages.metrics.colourfulness(output.detach() - 0.5 * output.grad).mean().item()
+        return stages.metrics.colorfulness(output.detach() - 0.5 * output.grad).mean().item()
 
-    with_term = colourfulness_after_a_step(lambda out: stages.colorize.colorize_loss(out, target, gray, params)[0])
-    mse_only = colourfulness_after_a_step(lambda out: (out - target).pow(2).mean())
-    start = stages.metrics.colourfulness(washed).mean().item()
-    assert with_term > mse_only > start, "the term adds a push towards vivid colour on top of MSE's"
+    with_term = colorfulness_after_a_step(lambda out: stages.colorize.colorize_loss(out, target, gray, params)[0])
+    mse_only = colorfulness_after_a_step(lambda out: (out - target).pow(2).mean())
+    start = stages.metrics.colorfulness(washed).mean().item()
+    assert with_term > mse_only > start, "the term adds a push towards vivid color on top of MSE's"
     flat = gray.expand(-1, 3, -1, -1).clone().requires_grad_()
     stages.colorize.colorize_loss(flat, target, gray, params)[0].backward()
-    assert torch.isfinite(flat.grad).all(), "a perfectly gray output (colourfulness 0) still has a gradient"
+    assert torch.isfinite(flat.grad).all(), "a perfectly gray output (colorfulness 0) still has a gradient"
 
 
 # ----- exact luma ------------------------------------------------------------------------------------------------------
 
 
-def test_mean_colour_baseline_is_exact_only_where_every_image_has_the_mean_colour():
+def test_mean_color_baseline_is_exact_only_where_every_image_has_the_mean_color():
     rng = np.random.default_rng(0)
     train = torch.from_numpy(rng.uniform(0.2, 0.8, (6, 3, SIDE, SIDE)).astype(np.float32))
     mean = train.mean(0, keepdim=True)
     luma_of_mean = sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))
     same = mean.repeat(2, 1, 1, 1)
-    assert stages.colorize.mean_colour_psnr(train, luma_of_mean.repeat(2, 1, 1, 1), same) > 60
+    assert stages.colorize.mean_color_psnr(train, luma_of_mean.repeat(2, 1, 1, 1), same) > 60
 
     different = torch.from_numpy(rng.uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32))
     gray = sum(w * different[:, c:c + 1] for c, w in enumerate(BT601))
-    baseline = stages.colorize.mean_colour_psnr(train, gray, different)
+    baseline = stages.colorize.mean_color_psnr(train, gray, different)
     shifted = (mean + gray - sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))).clamp(0, 1)
     by_hand = np.mean([10 * math.log10(1 / float((s - d).pow(2).mean())) for s, d in zip(shifted, different)])
     assert baseline == pytest.approx(by_hand, abs=1e-3) and baseline < 30
@@ -227,8 +227,8 @@ def test_changed_vae_param_reuses_colorizer(trained, copy_of, pipeline, outputs,
     assert summary_line(result, "colorize").startswith(f"colorize: cached (key {colorizer.name})")
     assert summary_line(result, "vae_color").startswith("vae_color: ran")
     assert "vae changed" in summary_line(result, "vae_color")
-    coloured = np.load(latest_entry(outputs, "vae_color") / "traversal_color.npy")
-    assert coloured.shape[0] == 2, "the new VAE's two latent dimensions were coloured"
+    colored = np.load(latest_entry(outputs, "vae_color") / "traversal_color.npy")
+    assert colored.shape[0] == 2, "the new VAE's two latent dimensions were colored"
 
 
 def test_changed_colorize_param_retrains_colorizer_and_reuses_vae(trained, copy_of, pipeline, outputs, monkeypatch):

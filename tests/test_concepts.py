@@ -1,6 +1,6 @@
 """Specification of the concepts stage and `pipeline edit`: concept vectors found from tags, checked, and applied.
 
-The fixture plants a difference the VAE must see: 64 flat-coloured 24x24 pictures, every other one with a bright
+The fixture plants a difference the VAE must see: 64 flat-colored 24x24 pictures, every other one with a bright
 square in its top-left quarter, tagged `square=yes/no` in a labels CSV, plus a `tint` tag unrelated to the pixels
 and a `rare` tag on too few images to become a concept. One small VAE (fc, 15 quick epochs on 12x12 images) and
 a 1-epoch conv colorizer are trained once; every test reads that folder.
@@ -36,7 +36,7 @@ PARAMS = ("--set", "vae.arch=fc", "--set", f"vae.latent_dim={LATENT}", "--set", 
 
 
 def planted_picture(index: int, rng: np.random.Generator) -> Image.Image:
-    """A flat colour, a small dark blob somewhere, and (even indices) a bright square in the top-left quarter."""
+    """A flat color, a small dark blob somewhere, and (even indices) a bright square in the top-left quarter."""
     pixels = np.empty((24, 24, 3), np.uint8)
     pixels[:] = rng.integers(30, 90, 3)
     y, x = rng.integers(4, 16, 2)
@@ -138,19 +138,19 @@ def test_the_planted_square_separates_test_images_and_an_unrelated_tag_does_not(
     assert np.dot(vectors["square=yes"], vectors["square=no"]) < 0, "yes and no point opposite ways"
 
 
-def test_each_concept_has_a_gray_and_a_colour_edit_grid_that_decode(planted):
+def test_each_concept_has_a_gray_and_a_color_edit_grid_that_decode(planted):
     masks, _, test = prepared_tags(planted)
 
     for name, facts in planted["table"].items():
         rows = min(ROWS, int((~masks[name][test]).sum()))
         gray = decoded_png(planted["entry"] / facts["grid"])
-        colour = decoded_png(planted["entry"] / facts["grid_color"])
+        color = decoded_png(planted["entry"] / facts["grid_color"])
         assert facts["grid"] == f"concept_{concepts_stage.file_stem(name)}.png"
-        for image in (gray, colour):
+        for image in (gray, color):
             assert image.mode == "RGB" and image.size == grid_size(rows, len(ALPHAS), SIDE), (name, image.size)
-        gray_pixels, colour_pixels = np.asarray(gray).astype(int), np.asarray(colour).astype(int)
+        gray_pixels, color_pixels = np.asarray(gray).astype(int), np.asarray(color).astype(int)
         assert (gray_pixels[..., 0] == gray_pixels[..., 1]).all() and (gray_pixels[..., 1] == gray_pixels[..., 2]).all()
-        assert np.abs(colour_pixels[..., 0] - colour_pixels[..., 2]).max() > 0, "the colour grid is coloured"
+        assert np.abs(color_pixels[..., 0] - color_pixels[..., 2]).max() > 0, "the color grid is colored"
         assert gray_pixels.std() > 1, "not blank"
 
 
@@ -202,7 +202,7 @@ def panels(path: Path) -> list[np.ndarray]:
     return [strip[PAD:PAD + CELL, PAD + k * (CELL + PAD):PAD + k * (CELL + PAD) + CELL] for k in range(4)]
 
 
-def test_edit_writes_a_strip_of_input_reconstruction_edited_and_coloured(planted, tmp_path):
+def test_edit_writes_a_strip_of_input_reconstruction_edited_and_colored(planted, tmp_path):
     picture = planted["folder"] / "1.png"  # no square
     output = tmp_path / "out.png"
 
@@ -212,12 +212,12 @@ def test_edit_writes_a_strip_of_input_reconstruction_edited_and_coloured(planted
     assert f"wrote {output}" in result.output
     strip = decoded_png(output)
     assert strip.mode == "RGB" and strip.size == grid_size(1, 4, SIDE)
-    given, reconstruction, edited, coloured = panels(output)
+    given, reconstruction, edited, colored = panels(output)
     luma = luma_uint8(decode_file(picture, SIDE)).astype(float)
     assert np.array_equal(given[..., 0], np.kron(luma, np.ones((CELL // SIDE, CELL // SIDE))))
     for panel in (given, reconstruction, edited):
         assert (panel[..., 0] == panel[..., 2]).all(), "the first three panels are gray"
-    assert np.abs(coloured[..., 0] - coloured[..., 2]).max() > 0, "the last panel is coloured"
+    assert np.abs(colored[..., 0] - colored[..., 2]).max() > 0, "the last panel is colored"
 
 
 def test_edit_toward_square_brightens_the_corner_where_the_square_would_be(planted, tmp_path):

@@ -73,7 +73,7 @@ def _top_of_head(img):
     return img[7:14, 36:60].reshape(-1, 3).astype(float).mean(axis=0)
 
 
-def test_hair_colour_visible_in_pixels(rendered):
+def test_hair_color_visible_in_pixels(rendered):
     seen = {"blonde": 0, "blue": 0, "green": 0}
     for img, f in rendered:
         r, g, b = _top_of_head(img)
@@ -101,7 +101,7 @@ def test_dark_hair_darker_than_silver(rendered):
 def _skin_centre_x(img, f):
     skin = np.array(faces._SKIN[f["skin"]])
     mask = np.abs(img.astype(int) - skin).max(axis=-1) <= 30
-    assert mask.sum() > 300, f  # the face is large and skin-coloured
+    assert mask.sum() > 300, f  # the face is large and skin-colored
     return np.nonzero(mask)[1].mean()
 
 
@@ -121,5 +121,5 @@ def test_not_flat_at_30x30(rendered):
         small = Image.fromarray(img).resize((30, 30), Image.BOX)
         luma = np.asarray(small.convert("L"), dtype=float)
         assert luma.std() > 15, f
-        colour = np.asarray(small, dtype=float)
-        assert np.abs(colour[..., 0] - colour[..., 2]).mean() > 5  # not grey either
+        color = np.asarray(small, dtype=float)
+        assert np.abs(color[..., 0] - color[..., 2]).mean() > 5  # not grey either

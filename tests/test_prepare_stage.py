@@ -44,7 +44,7 @@ def embedded(tmp_path_factory) -> tuple[str, Path]:
 # ----- what the embedded default writes ------------------------------------------------------------------------------
 
 
-def test_embedded_default_writes_gray_colour_split_sources_labels_and_preview(embedded):
+def test_embedded_default_writes_gray_color_split_sources_labels_and_preview(embedded):
     _, entry = embedded
 
     gray, color = np.load(entry / "gray.npy"), np.load(entry / "color.npy")
@@ -62,7 +62,7 @@ def test_embedded_default_writes_gray_colour_split_sources_labels_and_preview(em
         assert preview.width > 30 and preview.height > 30
 
 
-def test_gray_is_the_luma_of_colour_rounded_to_nearest_for_every_pixel(embedded):
+def test_gray_is_the_luma_of_color_rounded_to_nearest_for_every_pixel(embedded):
     _, entry = embedded
     gray, color = np.load(entry / "gray.npy"), np.load(entry / "color.npy")
 
@@ -158,15 +158,15 @@ def test_sources_csv_names_each_kept_file_with_the_sha256_of_its_bytes(make_fold
 def test_arrays_are_in_the_order_of_sources_csv(tmp_path, outputs):
     folder = tmp_path / "solid"
     folder.mkdir()
-    colours = {f"{i}.png": (20 * i, 250 - 20 * i, 60 + 10 * i) for i in range(8)}
-    for name, colour in colours.items():
-        Image.new("RGB", (40, 40), colour).save(folder / name)
+    colors = {f"{i}.png": (20 * i, 250 - 20 * i, 60 + 10 * i) for i in range(8)}
+    for name, color in colors.items():
+        Image.new("RGB", (40, 40), color).save(folder / name)
 
     _, entry = prepare(outputs, "--source", folder, "--count", "5", "--no-dedupe", "--seed", "4")
 
     color = np.load(entry / "color.npy")
     for row in read_csv(entry / "sources.csv"):
-        assert np.all(color[int(row["index"])] == colours[row["file"]]), row["file"]
+        assert np.all(color[int(row["index"])] == colors[row["file"]]), row["file"]
 
 
 def test_count_below_the_usable_images_keeps_a_seeded_subset(make_folder, tmp_path):
@@ -195,7 +195,7 @@ def test_count_all_keeps_every_usable_image(make_folder, outputs):
 def test_labels_csv_carries_the_tags_of_kept_images_named_under_another_leading_folder(make_folder, tmp_path, outputs):
     folder = make_folder(8, name="data/faces")
     tags = tmp_path / "tags.csv"
-    expected = {f"{i}.png": {"hair": f"colour{i}", "smiling": str(i % 2)} for i in range(7)}  # 7.png has no row
+    expected = {f"{i}.png": {"hair": f"color{i}", "smiling": str(i % 2)} for i in range(7)}  # 7.png has no row
     with open(tags, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "hair", "smiling"])
@@ -219,7 +219,7 @@ def test_centre_crop_keeps_the_central_fraction(tmp_path):
     folder.mkdir()
     for i, centre in enumerate([(220, 30, 30), (30, 200, 40), (240, 220, 20)]):
         picture = Image.new("RGB", (60, 60), (20, 40, 200))
-        picture.paste(centre, (15, 15, 45, 45))  # the central half is one colour, the frame blue
+        picture.paste(centre, (15, 15, 45, 45))  # the central half is one color, the frame blue
         picture.save(folder / f"{i}.png")
 
     output, cropped = prepare(tmp_path / "a", "--source", folder, "--count", "all", "--crop", "center:0.5",

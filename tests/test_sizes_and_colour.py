@@ -1,6 +1,6 @@
-"""Specification of other image sizes, colour training, MNIST-style IDX input and centre crops, end to end.
+"""Specification of other image sizes, color training, MNIST-style IDX input and centre crops, end to end.
 
-Each scenario is one small run: 40 coloured shapes at 64x64 through a colour conv VAE; 60 strokes in an IDX file
+Each scenario is one small run: 40 colored shapes at 64x64 through a color conv VAE; 60 strokes in an IDX file
 at 28x28 through a 2-D VAE; a handful of framed pictures prepared with and without a centre crop.
 """
 from __future__ import annotations
@@ -15,37 +15,37 @@ from PIL import Image, ImageDraw
 import stages.vae
 from helpers import cli, decoded_png, grid_size, latest_entry, read_manifest, shapes_picture, succeeded, write_idx
 
-COLOUR_VAE = ("--set", "vae.channels=3", "--set", "vae.arch=conv", "--set", "vae.latent_dim=4",
+COLOR_VAE = ("--set", "vae.channels=3", "--set", "vae.arch=conv", "--set", "vae.latent_dim=4",
               "--set", "vae.epochs=2", "--set", "vae.batch_size=16", "--set", "vae.seed=0")
 
 
-# ----- 64x64 colour ---------------------------------------------------------------------------------------------------
+# ----- 64x64 color ---------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("colour")
+def color_run(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("color")
     folder = root / "shapes"
     folder.mkdir()
     for i in range(40):
         shapes_picture(i, side=80).save(folder / f"{i}.png")
     outputs = root / "outputs"
     succeeded(cli(outputs, "prepare", "--source", folder, "--count", "all", "--size", "64", "--no-dedupe"))
-    first = succeeded(cli(outputs, "run", "--stages", "vae", *COLOUR_VAE))
-    both = succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *COLOUR_VAE))
+    first = succeeded(cli(outputs, "run", "--stages", "vae", *COLOR_VAE))
+    both = succeeded(cli(outputs, "run", "--stages", "vae,colorize,concepts", *COLOR_VAE))
     return {"outputs": outputs, "first": first.output, "both": both.output, "entry": latest_entry(outputs, "vae"),
             "test": len(np.load(latest_entry(outputs) / "split.npz")["test"])}
 
 
-def test_colour_vae_trains_on_64px_rgb_and_says_so_in_its_folder_name(colour_run):
-    entry = colour_run["entry"]
+def test_color_vae_trains_on_64px_rgb_and_says_so_in_its_folder_name(color_run):
+    entry = color_run["entry"]
 
-    assert "vae: ran" in colour_run["first"]
+    assert "vae: ran" in color_run["first"]
     assert entry.name.startswith("conv-z4-e2-rgb-")
     config = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)["config"]
     assert (config["size"], config["channels"], config["arch"]) == (64, 3, "conv")
     assert np.load(entry / "samples.npy").shape == (stages.vae.SAMPLES, 3, 64, 64)
-    assert np.load(entry / "reconstructions.npy").shape == (2, min(stages.vae.RECONSTRUCTIONS, colour_run["test"]),
+    assert np.load(entry / "reconstructions.npy").shape == (2, min(stages.vae.RECONSTRUCTIONS, color_run["test"]),
                                                            3, 64, 64)
 
 
@@ -54,30 +54,30 @@ def test_colour_vae_trains_on_64px_rgb_and_says_so_in_its_folder_name(colour_run
     ("reconstructions.png", 2, None),
     ("interpolation.png", None, stages.vae.INTERPOLATION_STEPS + 2),
 ])
-def test_colour_grids_are_rgb_with_64px_cells(colour_run, name, rows, columns):
-    test = colour_run["test"]
+def test_color_grids_are_rgb_with_64px_cells(color_run, name, rows, columns):
+    test = color_run["test"]
     rows = rows or max(1, min(stages.vae.INTERPOLATION_PAIRS, test // 2))
     columns = columns or min(stages.vae.RECONSTRUCTIONS, test)
 
-    image = decoded_png(colour_run["entry"] / name)
+    image = decoded_png(color_run["entry"] / name)
 
     assert image.mode == "RGB"
     assert image.size == grid_size(rows, columns, 64), "64 px images are drawn 1:1, not scaled down"
     pixels = np.asarray(image).astype(int)
     assert max(np.abs(pixels[..., 0] - pixels[..., 1]).max(), np.abs(pixels[..., 1] - pixels[..., 2]).max()) > 2, \
-        f"{name} is gray: a colour VAE draws colour"
+        f"{name} is gray: a color VAE draws color"
 
 
-def test_decoded_samples_have_distinct_channels(colour_run):
-    samples = np.load(colour_run["entry"] / "samples.npy")
+def test_decoded_samples_have_distinct_channels(color_run):
+    samples = np.load(color_run["entry"] / "samples.npy")
 
     assert np.abs(samples[:, 0] - samples[:, 2]).mean() > 0.01
 
 
-def test_asking_for_colorize_with_a_colour_vae_explains_why_it_is_skipped(colour_run):
-    outputs, lines = colour_run["outputs"], colour_run["both"].splitlines()
+def test_asking_for_colorize_with_a_color_vae_explains_why_it_is_skipped(color_run):
+    outputs, lines = color_run["outputs"], color_run["both"].splitlines()
 
-    assert any(line.startswith(f"vae: cached (key {colour_run['entry'].name})") for line in lines), lines
+    assert any(line.startswith(f"vae: cached (key {color_run['entry'].name})") for line in lines), lines
     for stage_name in ("colorize", "vae_color", "concepts"):
         skipped = [line for line in lines if line.startswith(f"{stage_name}: skipped (")]
         assert len(skipped) == 1 and "vae.channels=3" in skipped[0], lines
@@ -119,7 +119,7 @@ def test_idx_file_is_prepared_pixel_for_pixel_at_its_own_size(idx_run):
     color = np.load(prepared / "color.npy")
     assert gray.shape == (60, 28, 28)
     assert np.abs(gray.astype(int) - idx_run["images"]).max() <= 1, "28 -> 28 keeps every pixel"
-    assert (color[..., 0] == color[..., 2]).all(), "a gray source stays gray in colour.npy"
+    assert (color[..., 0] == color[..., 2]).all(), "a gray source stays gray in color.npy"
     assert read_manifest(prepared)["metrics"]["kept"] == 60
 
 
@@ -140,10 +140,10 @@ BORDER, CENTRES = (20, 40, 200), [(220, 30, 30), (30, 200, 40), (240, 220, 20), 
 
 @pytest.fixture(scope="module")
 def framed(tmp_path_factory) -> Path:
-    """Pictures 80x60 (not square): a blue frame around a central 44x44 square of one other colour each.
+    """Pictures 80x60 (not square): a blue frame around a central 44x44 square of one other color each.
 
-    center:0.5 keeps the central 30x30 of the 60x60 centre square, 7 px inside the coloured square on each side:
-    more than the reach of the resampling filter at --size 15 (a 2x shrink), so no frame colour bleeds in."""
+    center:0.5 keeps the central 30x30 of the 60x60 centre square, 7 px inside the colored square on each side:
+    more than the reach of the resampling filter at --size 15 (a 2x shrink), so no frame color bleeds in."""
     folder = tmp_path_factory.mktemp("crop") / "framed"
     folder.mkdir()
     for i, centre in enumerate(CENTRES):
@@ -158,8 +158,8 @@ def prepared_with(outputs: Path, folder: Path, *options: str) -> Path:
     return latest_entry(outputs)
 
 
-def near(pixels: np.ndarray, colour) -> np.ndarray:
-    return (np.abs(pixels.astype(int) - np.array(colour)) <= 12).all(-1)
+def near(pixels: np.ndarray, color) -> np.ndarray:
+    return (np.abs(pixels.astype(int) - np.array(color)) <= 12).all(-1)
 
 
 def test_centre_crop_keeps_the_centre_and_drops_the_frame(framed, tmp_path):
@@ -169,7 +169,7 @@ def test_centre_crop_keeps_the_centre_and_drops_the_frame(framed, tmp_path):
     cropped_pixels, whole_pixels = np.load(cropped / "color.npy"), np.load(whole / "color.npy")
     assert not near(cropped_pixels, BORDER).any(), "no pixel of the frame survives the crop"
     for i, centre in enumerate(CENTRES):
-        assert near(cropped_pixels[i], centre).all(), "the crop is the centre colour throughout"
+        assert near(cropped_pixels[i], centre).all(), "the crop is the centre color throughout"
         assert near(whole_pixels[i], BORDER).any() and near(whole_pixels[i], centre).any(), "uncropped: both"
     assert read_manifest(cropped)["params"]["crop"] == 0.5
 

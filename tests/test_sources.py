@@ -1,4 +1,4 @@
-"""Specification of stages.sources: every source kind, tolerant decoding, colour conversion, crop and resize."""
+"""Specification of stages.sources: every source kind, tolerant decoding, color conversion, crop and resize."""
 
 import hashlib
 import io
@@ -249,7 +249,7 @@ def test_stopping_early_shuts_the_pool_down(tmp_path):
     assert [item.name for item in first] == ["000.png", "001.png", "002.png"]
 
 
-# ---------------------------------------------------------------------------------------------- colour modes
+# ---------------------------------------------------------------------------------------------- color modes
 
 
 def uniform(mode: str, value, side: int = SIZE) -> Image.Image:
@@ -272,7 +272,7 @@ def uniform(mode: str, value, side: int = SIZE) -> Image.Image:
     ],
     ids=["cmyk", "rgba-clear", "rgba-half", "la", "gray", "bilevel", "16bit-max", "16bit-mid", "32bit", "float"],
 )
-def test_colour_modes_convert_to_the_right_rgb(tmp_path, image, fmt, expected):
+def test_color_modes_convert_to_the_right_rgb(tmp_path, image, fmt, expected):
     pixels = decode_one(tmp_path / "one", image, fmt)
 
     assert np.abs(pixels.astype(int) - expected).max() <= 1

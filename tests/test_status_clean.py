@@ -124,7 +124,7 @@ def test_status_trains_nothing_and_changes_nothing(cache_of, monkeypatch):
     assert snapshot(outputs) == before
 
 
-def test_status_for_a_colour_vae_says_the_colour_stages_would_be_skipped_and_why(cache_of):
+def test_status_for_a_color_vae_says_the_color_stages_would_be_skipped_and_why(cache_of):
     outputs = cache_of(("--stages", "vae,colorize,concepts", *BASE))
     changed = (*BASE, "--set", "vae.channels=3")
 
@@ -188,7 +188,7 @@ def test_clean_keeps_an_older_entry_that_a_kept_downstream_entry_was_built_from(
 
 
 def test_clean_removes_the_older_entry_once_nothing_kept_reads_it(cache_of):
-    """As above, but the colour stages then catch up with z3: nothing kept reads the z2 VAE any more."""
+    """As above, but the color stages then catch up with z3: nothing kept reads the z2 VAE any more."""
     outputs = cache_of((*FULL, *BASE, *Z2), ("--stages", "vae", *BASE, *Z3))
     z2 = read_manifest(latest_entry(outputs, "vae_color"))["inputs"]["upstream"]["vae"]
     succeeded(cli(outputs, "run", *FULL, *BASE, *Z3))
