@@ -2,10 +2,9 @@
 
 - The whole training set is one tensor on the device; batches are index slices of a seeded permutation, so
   there is no per-item Dataset/DataLoader overhead.
-- Adam with the fused kernel where the build has it (the reference's unfused step is a third of its time),
-  under a one-cycle schedule (warm-up, then cosine decay), which lets the VAE train as well in the same epochs
-  at twice the reference's batch, with half the optimiser steps. Those two are where most of the speed comes
-  from. (StackNN keeps the reference's batch 64: stages/colorize.py says why.)
+- Adam with the fused kernel where the build has it, under a one-cycle schedule (warm-up, then cosine decay),
+  which lets the VAE train as well in the same epochs at twice the reference's batch. Those two are where most
+  of the speed comes from (docs/decisions.md; StackNN keeps the reference's batch 64).
 - Denormals are flushed on CPU: Adam's second moments drift into denormal range and slow every step.
 - All randomness (order, noise) comes from one seeded torch.Generator, saved with each checkpoint, so an
   interrupted run resumes exactly where it stopped and the same seed on CPU gives identical results.
