@@ -28,6 +28,7 @@ from stages.viz import save_loss_chart
 CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_OVERHEAD = 0.1  # at most this fraction of training time goes into writing resume checkpoints
 _CHECKPOINT_BYTES_PER_SECOND = 200e6  # a cautious guess at serialise + write speed, replaced by the measured one
+_RESUME_STATE = {"model", "optimizer", "schedule", "generator", "train", "test", "extra", "seconds", "images"}
 _CHEAP_CHECKPOINT_SECONDS = 0.25  # checkpoints cheaper than this (~50 MB) are written after every epoch
 
 
@@ -93,9 +94,13 @@ def _load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], Non
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location=device, weights_only=True)
+        missing = _RESUME_STATE - set(saved)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+        return saved
     except Exception as error:  # a checkpoint we cannot read is worth nothing: start over rather than fail
-        echo(f"{label}: ignoring the unreadable resume checkpoint {path} ({type(error).__name__}); "
+        echo(f"{label}: ignoring the unreadable resume checkpoint {path} ({type(error).__name__}: {error}); "
              "training starts over")
         path.unlink(missing_ok=True)
         return None
