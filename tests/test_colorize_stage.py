@@ -263,6 +263,39 @@ def test_colorize_alone_trains_the_missing_vae_first(prepared, copy_of, pipeline
         assert (latest_entry(outputs, stage) / "manifest.json").is_file()
 
 
+def test_interrupted_colorizer_resumes_where_it_stopped(prepared, copy_of, pipeline, outputs, monkeypatch):
+    copy_of(prepared)
+    conv = (*COLORIZE, "--set", "colorize.arch=conv")  # a small model: a resume checkpoint after every epoch
+    real_fit = stages.colorize.fit
+
+    def stop_after_two_epochs(job, context, device):
+        real_evaluate, calls = job.evaluate, []
+
+        def evaluate(model):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real_evaluate(model)
+
+        job.evaluate = evaluate
+        return real_fit(job, context, device)
+
+    monkeypatch.setattr(stages.colorize, "fit", stop_after_two_epochs)
+    assert pipeline("run", "--stages", "colorize", *VAE, *conv).exit_code == 130
+    monkeypatch.undo()
+    [checkpoint] = (outputs / "colorize" / ".resume").glob("*/checkpoint.pt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert not (outputs / "colorize" / "latest").exists()
+
+    resumed = succeeded(pipeline("run", "--stages", "colorize", *VAE, *conv))
+
+    assert "colorize: resuming from epoch 2 of 4" in resumed.output
+    assert "\ncolorize: ran" in resumed.output
+    history = json.loads((latest_entry(outputs, "colorize") / "history.json").read_text())
+    assert history["train"][:2] == saved["train"] and len(history["train"]) == 4
+    assert not checkpoint.parent.exists(), "publishing removes the resume checkpoint"
+
+
 def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipeline, outputs):
     copy_of(trained[0])
     stacknn = metrics_of(latest_entry(outputs, "colorize"))
