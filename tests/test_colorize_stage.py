@@ -20,8 +20,8 @@ from click.testing import Result
 import stages.colorize
 import stages.metrics
 import stages.vae
-from helpers import (cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run, read_manifest,
-                     succeeded)
+from helpers import (cli, decoded_png, grid_size, interrupt_fit_after, latest_entry, metrics_of, must_not_run,
+                     read_manifest, succeeded)
 from stages import viz
 from stages.checkpoints import load_colorizer
 from stages.luma import exact_luma
@@ -266,21 +266,7 @@ def test_colorize_alone_trains_the_missing_vae_first(prepared, copy_of, pipeline
 def test_interrupted_colorizer_resumes_where_it_stopped(prepared, copy_of, pipeline, outputs, monkeypatch):
     copy_of(prepared)
     conv = (*COLORIZE, "--set", "colorize.arch=conv")  # a small model: a resume checkpoint after every epoch
-    real_fit = stages.colorize.fit
-
-    def stop_after_two_epochs(job, context, device):
-        real_evaluate, calls = job.evaluate, []
-
-        def evaluate(model):
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-            return real_evaluate(model)
-
-        job.evaluate = evaluate
-        return real_fit(job, context, device)
-
-    monkeypatch.setattr(stages.colorize, "fit", stop_after_two_epochs)
+    monkeypatch.setattr(stages.colorize, "fit", interrupt_fit_after(stages.colorize.fit, epochs=2))
     assert pipeline("run", "--stages", "colorize", *VAE, *conv).exit_code == 130
     monkeypatch.undo()
     [checkpoint] = (outputs / "colorize" / ".resume").glob("*/checkpoint.pt")

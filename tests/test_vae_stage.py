@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import stages.vae
-from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run,
-                     read_manifest, succeeded)
+from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, interrupt_fit_after, latest_entry,
+                     metrics_of, must_not_run, read_manifest, succeeded)
 from pipeline.cache import Cache
 from stages import viz
 from stages.checkpoints import load_vae
@@ -263,21 +263,7 @@ def test_interrupted_run_publishes_nothing_and_the_next_run_resumes(prepared, co
 def test_resumed_run_matches_an_uninterrupted_one(trained, prepared, copy_of, pipeline, outputs, monkeypatch):
     _, uninterrupted, _ = trained
     copy_of(prepared)
-    real_fit = stages.vae.fit
-
-    def stop_after_two_epochs(job, context, device):
-        real_evaluate, calls = job.evaluate, []
-
-        def evaluate(model):
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt
-            return real_evaluate(model)
-
-        job.evaluate = evaluate
-        return real_fit(job, context, device)
-
-    monkeypatch.setattr(stages.vae, "fit", stop_after_two_epochs)
+    monkeypatch.setattr(stages.vae, "fit", interrupt_fit_after(stages.vae.fit, epochs=2))
     assert pipeline("run", "--stages", "vae", *VAE).exit_code == 130
     monkeypatch.undo()
 
