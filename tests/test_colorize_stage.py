@@ -250,6 +250,7 @@ def test_changed_colorize_param_retrains_colorizer_and_reuses_vae(trained, copy_
     assert read_manifest(latest_entry(outputs, "colorize"))["params"]["noise_std"] == 0.1
 
 
+@pytest.mark.slow
 def test_colorize_alone_trains_the_missing_vae_first(prepared, copy_of, pipeline, outputs):
     """vae_color follows colorize and needs a VAE, so asking for colorize alone trains the VAE too."""
     copy_of(prepared)
@@ -263,6 +264,7 @@ def test_colorize_alone_trains_the_missing_vae_first(prepared, copy_of, pipeline
         assert (latest_entry(outputs, stage) / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_colorizer_resumes_where_it_stopped(prepared, copy_of, pipeline, outputs, monkeypatch):
     copy_of(prepared)
     conv = (*COLORIZE, "--set", "colorize.arch=conv")  # a small model: a resume checkpoint after every epoch
@@ -282,6 +284,7 @@ def test_interrupted_colorizer_resumes_where_it_stopped(prepared, copy_of, pipel
     assert not checkpoint.parent.exists(), "publishing removes the resume checkpoint"
 
 
+@pytest.mark.slow
 def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipeline, outputs):
     copy_of(trained[0])
     stacknn = metrics_of(latest_entry(outputs, "colorize"))

@@ -25,6 +25,8 @@ from stages.luma import luma_uint8
 from stages.sources import decode_file
 from stages.checkpoints import load_vae
 
+pytestmark = pytest.mark.slow  # every test here shares one end-to-end run of all four stages
+
 SIDE = 12
 CELL, PAD = grid_cell(SIDE), GRID_PADDING  # one image's cell in a stages.viz grid, and the gutters
 MIN_COUNT, ROWS, LATENT = 5, 4, 4

@@ -28,6 +28,7 @@ def test_results_come_back_in_order_across_workers():
     assert list(map_in_order(square, range(200), workers=2)) == [x * x for x in range(200)]
 
 
+@pytest.mark.slow
 def test_abandoning_mid_stream_returns_every_time():
     """The old Pool.terminate path hung within a few hundred stops; 100 stops here, each well under a second."""
     for attempt in range(100):
