@@ -69,9 +69,26 @@ def summary_lines(result: Result, *, each_once: bool = False) -> dict[str, str]:
 
 
 def replace_stage_entry(monkeypatch, spec, replacement) -> None:
-    """Point the stage's entry point (`module:function` in its StageSpec) at `replacement` for this test."""
-    module, _, function = spec.entry.partition(":")
+    """Point the stage's run function (`module:function` in its StageSpec) at `replacement` for this test."""
+    module, _, function = spec.run.partition(":")
     monkeypatch.setattr(importlib.import_module(module), function, replacement)
+
+
+def interrupt_fit_after(fit, epochs: int):
+    """A stand-in for stages.training.fit that trains `epochs` epochs, then raises KeyboardInterrupt as a user's
+    ctrl-C would (at the next per-epoch evaluation, so resume checkpoints of the finished epochs exist)."""
+    def interrupted(job, context, device):
+        real_evaluate, calls = job.evaluate, []
+
+        def evaluate(model):
+            calls.append(1)
+            if len(calls) > epochs:
+                raise KeyboardInterrupt
+            return real_evaluate(model)
+
+        job.evaluate = evaluate
+        return fit(job, context, device)
+    return interrupted
 
 
 def must_not_run(name: str):

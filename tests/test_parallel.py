@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from stages.parallel import WorkerDied, batched, map_in_order
+from stages.parallel import WorkerDied, chunked, map_in_order
 
 
 def noisy_block(seed: int) -> np.ndarray:
@@ -28,6 +28,7 @@ def test_results_come_back_in_order_across_workers():
     assert list(map_in_order(square, range(200), workers=2)) == [x * x for x in range(200)]
 
 
+@pytest.mark.slow
 def test_abandoning_mid_stream_returns_every_time():
     """The old Pool.terminate path hung within a few hundred stops; 100 stops here, each well under a second."""
     for attempt in range(100):
@@ -50,5 +51,5 @@ def test_one_worker_runs_in_process():
 
 
 def test_batched_keeps_every_item_once():
-    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(batched([], 3)) == []
+    assert list(chunked(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunked([], 3)) == []

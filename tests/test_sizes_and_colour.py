@@ -37,6 +37,7 @@ def color_run(tmp_path_factory) -> dict:
             "test": len(np.load(latest_entry(outputs) / "split.npz")["test"])}
 
 
+@pytest.mark.slow
 def test_color_vae_trains_on_64px_rgb_and_says_so_in_its_folder_name(color_run):
     entry = color_run["entry"]
 
@@ -49,6 +50,7 @@ def test_color_vae_trains_on_64px_rgb_and_says_so_in_its_folder_name(color_run):
                                                            3, 64, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, rows, columns", [
     ("samples.png", 8, 8),
     ("reconstructions.png", 2, None),
@@ -68,12 +70,14 @@ def test_color_grids_are_rgb_with_64px_cells(color_run, name, rows, columns):
         f"{name} is gray: a color VAE draws color"
 
 
+@pytest.mark.slow
 def test_decoded_samples_have_distinct_channels(color_run):
     samples = np.load(color_run["entry"] / "samples.npy")
 
     assert np.abs(samples[:, 0] - samples[:, 2]).mean() > 0.01
 
 
+@pytest.mark.slow
 def test_asking_for_colorize_with_a_color_vae_explains_why_it_is_skipped(color_run):
     outputs, lines = color_run["outputs"], color_run["both"].splitlines()
 
