@@ -27,6 +27,9 @@ from typing import Any, Callable, Iterator
 MANIFEST = "manifest.json"
 LATEST = "latest"
 
+_held_locks: set[int] = set()  # file descriptors of the cache locks this process holds
+_fork_hook: list[bool] = []  # whether _let_go_of_inherited_locks is registered yet
+
 
 @dataclass(frozen=True)
 class Key:
@@ -170,8 +173,15 @@ class Cache:
 
     @contextlib.contextmanager
     def locked(self, on_wait: Callable[[str], None]) -> Iterator[None]:
-        """Hold the cache lock; if another command holds it, say so once and wait for it."""
+        """Hold the cache lock; if another command holds it, say so once and wait for it.
+
+        Only the command itself ever holds the lock, so it is free the moment that process ends, however it ends:
+        an flock belongs to the open file, which forked children (decode workers) share, so each child lets go of
+        its copy as it starts (see _let_go_of_inherited_locks)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_let_go_of_inherited_locks)
+            _fork_hook.append(True)
         with open(self.root / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -184,12 +194,25 @@ class Cache:
             handle.truncate()
             handle.write(f"pipeline pid {os.getpid()}")
             handle.flush()
+            _held_locks.add(handle.fileno())
             try:
                 yield
             finally:
+                _held_locks.discard(handle.fileno())
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _let_go_of_inherited_locks() -> None:
+    """In a freshly forked child: point every inherited lock descriptor at /dev/null. The child's copy of the lock
+    is gone, and the parent's file object, copied into the child, still holds a valid descriptor."""
+    if _held_locks:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for descriptor in _held_locks:
+            os.dup2(null, descriptor, inheritable=False)
+        os.close(null)
+        _held_locks.clear()
 
 
 def _write_atomic(path: Path, text: str) -> None:

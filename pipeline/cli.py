@@ -6,7 +6,9 @@ stage that trains actually runs.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -110,6 +112,13 @@ def main() -> None:
     pipeline run                          all stages, concept vectors included
     pipeline status                       what is cached, and what would re-run and why
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (`kill PID`, a scheduler's stop) takes the Ctrl-C path: workers stopped, nothing half-written kept."""
+    raise KeyboardInterrupt
 
 
 def _parse_count(value: str) -> int:
