@@ -64,10 +64,18 @@ def fingerprint(params: PrepareParams) -> str:
 
 
 def _listing(source: Path) -> list[tuple[str, os.stat_result]]:
-    """(relative name, stat) of every file under a folder, or of the one file."""
+    """(relative name, stat) of every file under a folder, or of the one file; a link that leads nowhere (dangling,
+    a loop) counts by its own stat, and decoding skips it with the reason."""
     if not source.is_dir():
         return [(source.name, source.stat())]
-    return [(name, entry.stat()) for name, entry in folder_files(source)]
+    return [(name, _stat_of(entry)) for name, entry in folder_files(source)]
+
+
+def _stat_of(entry: os.DirEntry) -> os.stat_result:
+    try:
+        return entry.stat()
+    except OSError:
+        return entry.stat(follow_symlinks=False)
 
 
 def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, dict[str, str]]:
