@@ -158,7 +158,11 @@ class Cache:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         temporary.symlink_to(entry)
-        os.replace(temporary, link)
+        try:
+            os.replace(temporary, link)
+        except OSError:  # e.g. a folder of that name in the way: say so, leave nothing behind
+            temporary.unlink()
+            raise
 
     def sweep_staging(self) -> None:
         """Remove what killed runs left half-written; called while holding the lock, so nobody is writing them."""

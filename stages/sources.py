@@ -38,6 +38,7 @@ _SUFFIX_KINDS = {"zip": (".zip",), "npy": (".npy",), "npz": (".npz",),
                  "tar": (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")}
 _IDX_NAME = re.compile(r"images[-.]idx3-ubyte(\.gz)?$")
 _IDX_MAGIC = 0x00000803
+_NPY_MAGIC = b"\x93NUMPY"
 _MAX_MEMBER_BYTES = 256 * 2**20  # a file or archive member bigger than this is no image we can use: never read it
 _ARRAY_CHUNK_BYTES = 16 * 2**20
 _MAX_BATCH = 256  # images per batch sent to a worker: the pool's cost per batch is about a millisecond
@@ -432,6 +433,9 @@ def _decode_array_item(name: str, item: np.ndarray | str, size: int, crop: float
 
 
 def _check_image_stack(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if len(shape) == 3 and shape[2] in (3, 4):
+        raise SourceError(f"{path}: array of shape {shape} looks like one color image, not a stack: add a leading "
+                          "axis, (N, H, W, C), e.g. numpy.save(path, image[numpy.newaxis])")
     is_stack = (len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))) and min(shape[1:3]) > 0
     if not is_stack or not (dtype == np.uint8 or dtype.kind == "f"):
         raise SourceError(f"{path}: array of shape {shape} and dtype {dtype} is not an image stack: "
@@ -440,9 +444,17 @@ def _check_image_stack(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> N
 
 def _npy_items(path: Path) -> Iterator[_ArrayItem]:
     """Items of a .npy file, memory-mapped so only the item being resized is in memory."""
+    with open(path, "rb") as file:
+        if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise SourceError(f"{path} is not a NumPy array file (no .npy header): save the images with numpy.save")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise SourceError(f"{path} holds Python objects, which are never unpickled: save a uint8 or float image "
+                              "array with numpy.save") from None
+        raise SourceError(f"cannot read {path} as a numpy array ({error}): re-save it with numpy.save") from None
+    except OSError as error:
         raise SourceError(f"cannot read {path} as a numpy array ({error}): re-save it with numpy.save") from None
     _check_image_stack(path, array.shape, array.dtype)
     for index in range(len(array)):
