@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import shutil
 import os
 import signal
 import subprocess
@@ -144,3 +146,96 @@ with Cache({str(tmp_path)!r}).locked(print):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child still held it
     finally:
         kill_all([lingering])
+
+
+# ----- the fault matrix: kill -9 and SIGTERM of the main process at three points of each stage -----------------------
+
+
+TIMING = ("seconds", "per_second")  # metric names that measure time, which no rerun repeats exactly
+TINY_VAE = ("--set", "vae.epochs=4", "--set", "vae.latent_dim=2", "--set", "vae.width=2")
+COMMANDS = {
+    "prepare": ("prepare", "--count", "1500", "--workers", "2"),
+    "vae": ("run", "--stages", "vae", *TINY_VAE),
+    "colorize": ("run", "--stages", "colorize", *TINY_VAE, "--set", "colorize.arch=conv",
+                 "--set", "colorize.epochs=4"),
+}
+STARTS_FROM = {"prepare": None, "vae": "prepared", "colorize": "vae"}  # the outputs folder each command starts from
+SMALL_SET = ("prepare", "--count", "40")  # what the training stages of the matrix train on
+
+
+def staging_holds(name: str):
+    return lambda outputs, stage: any((folder / name).exists() for folder in outputs.glob(f"{stage}/.staging-*"))
+
+
+def resume_holds(name: str):
+    return lambda outputs, stage: any(outputs.glob(f"{stage}/.resume/*/{name}"))
+
+
+POINTS = {  # where to strike: (name, condition on the outputs folder), in the order a run passes them
+    "prepare": [("decoding", staging_holds(".")), ("writing the arrays", staging_holds("color.npy")),
+                ("writing the preview", staging_holds("preview.png"))],
+    "vae": [("starting", staging_holds(".")), ("training", resume_holds("checkpoint.pt")),
+            ("drawing figures", staging_holds("history.json"))],
+}
+POINTS["colorize"] = POINTS["vae"]
+SIGNALS = {"kill-9": signal.SIGKILL, "sigterm": signal.SIGTERM}
+
+
+def timeless(metrics: dict) -> dict:
+    return {name: value for name, value in metrics.items() if not any(word in name for word in TIMING)}
+
+
+def entry_metrics(outputs: Path, stage: str) -> dict:
+    return timeless(json.loads(((outputs / stage / "latest").resolve() / "metrics.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def clean_runs(tmp_path_factory) -> dict[str, tuple[float, dict, Path]]:
+    """Each command of the matrix run once without faults: its wall time, its metrics, and a copy of the outputs
+    folder it started from."""
+    base = tmp_path_factory.mktemp("clean")
+    assert run_pipeline(*SMALL_SET, "--outputs", str(base / "prepared"), timeout=120).returncode == 0
+    found = {}
+    for stage, command in COMMANDS.items():
+        before = base / f"{stage}-before"
+        if STARTS_FROM[stage]:
+            shutil.copytree(base / STARTS_FROM[stage], before, symlinks=True)
+        else:
+            before.mkdir()
+        shutil.copytree(before, base / stage, symlinks=True)
+        started = time.monotonic()
+        done = run_pipeline(*command, "--outputs", str(base / stage), timeout=300)
+        assert done.returncode == 0, done.stdout
+        found[stage] = (time.monotonic() - started, entry_metrics(base / stage, stage), before)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", SIGNALS)
+@pytest.mark.parametrize("stage", COMMANDS)
+def test_a_killed_command_run_again_finishes_with_the_clean_runs_metrics(clean_runs, tmp_path, stage, signal_name):
+    normal_seconds, clean_metrics, before = clean_runs[stage]
+    for point, reached in POINTS[stage]:
+        outputs = tmp_path / point.replace(" ", "-")
+        shutil.copytree(before, outputs, symlinks=True)
+        process = start_pipeline(*COMMANDS[stage], "--outputs", str(outputs))
+        workers: set[int] = set()
+        try:
+            while not reached(outputs, stage) and process.poll() is None:
+                workers |= children_of(process.pid)
+                time.sleep(0.005)
+            assert process.poll() is None, f"{stage} finished before it was {point}"
+            process.send_signal(SIGNALS[signal_name])
+            process.communicate(timeout=30)
+            wait_until(lambda: not any(alive(pid) for pid in workers), 10, "the killed command's workers exited")
+        finally:
+            kill_all([*workers, *children_of(process.pid), process.pid])
+
+        started = time.monotonic()
+        again = run_pipeline(*COMMANDS[stage], "--outputs", str(outputs), timeout=normal_seconds + 60)
+
+        assert again.returncode == 0, again.stdout
+        assert time.monotonic() - started <= normal_seconds + 60
+        assert "waiting for" not in again.stdout
+        assert entry_metrics(outputs, stage) == clean_metrics, f"{signal_name} while {point}"
+        assert not list(outputs.glob(f"{stage}/.staging-*"))
