@@ -80,7 +80,7 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
+def chunked(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of ``size`` items (the last one shorter)."""
     items = iter(items)
     while batch := list(itertools.islice(items, size)):

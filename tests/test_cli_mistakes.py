@@ -92,14 +92,14 @@ def test_edit_refuses_bad_output_names_and_amounts_before_any_work(pipeline, tmp
     result = pipeline("edit", tmp_path / "me.png", "--concept", "hair=blonde", *args)
 
     line = assert_one_clear_error_line(result, *mentions)
-    assert "no concept vectors" not in line
+    assert "no concepts entry" not in line
 
 
 def test_edit_accepts_one_amount_per_concept(pipeline, tmp_path):
     result = pipeline("edit", tmp_path / "me.png", "--concept", "hair=blonde", "--concept", "eyes=blue",
                       "--amount", "1", "--amount", "-2")
 
-    assert_one_clear_error_line(result, "no concept vectors")  # got past the checks, to the missing entry
+    assert_one_clear_error_line(result, "no concepts entry")  # got past the checks, to the missing entry
 
 
 # ----- what the tool says about its own failures -------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_a_full_disk_is_named_as_such(pipeline, monkeypatch, error):
 
     def full(*args, **kwargs):
         raise error
-    monkeypatch.setattr(runner, "run_prepare", full)
+    monkeypatch.setattr(runner, "run_source", full)
 
     result = pipeline("prepare", "--count", "20")
 
