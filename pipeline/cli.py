@@ -263,7 +263,7 @@ def show_status(sets, config, outputs) -> None:
 def clean(keep, dry_run, outputs) -> None:
     """Remove old cache entries, keeping the newest N per stage and everything they depend on."""
     with _user_errors():
-        removed = runner.clean(outputs, keep, dry_run)
+        removed = runner.clean(outputs, keep, dry_run, echo=_warn)
         for item in removed:
             click.echo(f"{'would remove' if dry_run else 'removed'} {item.stage}/{item.entry}")
         freed = sum(item.bytes for item in removed)

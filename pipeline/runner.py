@@ -207,7 +207,8 @@ class Removal:
     bytes: int
 
 
-def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
+def clean(outputs: Path, keep: int, dry_run: bool = False,
+          echo: Callable[[str], None] = print) -> list[Removal]:
     """Remove all but the `keep` newest entries of each stage, never one that a kept downstream entry reads.
 
     Stages are visited downstream first, so by the time a stage is cleaned, every entry still depending on it
@@ -216,7 +217,7 @@ def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
     cache = Cache(outputs)
     removed: list[Removal] = []
     needed: dict[str, set[str]] = {}
-    with cache.locked(lambda message: None):
+    with cache.locked(echo):  # says, as run does, whom it waits for
         for spec in reversed(registry.STAGES):
             entries = cache.entries(spec.name)
             latest = cache.latest(spec.name)

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,23 @@ def test_pointing_latest_at_a_folder_in_its_way_leaves_no_temporary_link(tmp_pat
         cache.point_latest("vae", "conv-z10-e30-0123456789")
 
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["latest"]
+
+
+def test_clean_says_whom_it_waits_for_as_run_does(tmp_path):
+    from pipeline import runner
+
+    held, release, said = threading.Event(), threading.Event(), []
+
+    def hold_the_lock():
+        with Cache(tmp_path).locked(print):
+            held.set()
+            release.wait(10)
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert held.wait(10)
+    threading.Timer(0.5, release.set).start()
+
+    runner.clean(tmp_path, 1, echo=said.append)
+
+    holder.join()
+    assert said == [f"waiting for pipeline pid {os.getpid()} to finish with {tmp_path} ..."]
