@@ -245,14 +245,24 @@ def run(stages, sets, config, device, force, outputs) -> None:
 @main.command(name="status")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.PARAM=VALUE", help="Parameters as you would pass to run.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TOML file as for run.")
+@click.option("--verify", is_flag=True, help="Also check every cached file against its recorded content hash.")
 @outputs_option
-def show_status(sets, config, outputs) -> None:
+def show_status(sets, config, verify, outputs) -> None:
     """One line per stage: the key these settings give, whether it is cached, and if not, why it would run."""
     with _user_errors():
         for line in runner.status(_stage_params(sets, config), outputs):
             state = ("cached" if line.cached else f"skipped ({line.reason})" if line.skipped
                      else f"would run: {line.reason}")
             click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")
+        if verify:
+            checked = runner.verify(outputs)
+            damaged = [(stage, entry, problem) for stage, entry, problem in checked if problem]
+            for stage, entry, problem in damaged:
+                click.echo(f"damaged: {stage}/{entry}: {problem}")
+            if damaged:
+                raise click.ClickException(f"{len(damaged)} of {len(checked)} entries damaged: the next command "
+                                           "that needs one recomputes it")
+            click.echo(f"verified: all {len(checked)} entries match their content hashes")
 
 
 @main.command()
