@@ -159,7 +159,10 @@ def _recompute(cache: Cache, damaged: DamagedEntry, settings: Settings) -> Path:
 
 
 def source_entry(cache: Cache) -> Path:
-    latest = cache.latest(SOURCE_STAGE)
+    latest, problem = cache.inspect(cache.root / SOURCE_STAGE / LATEST)
+    if problem:
+        raise UsageError(f"the latest prepared image set in {cache.root} cannot be used ({problem}): run the same "
+                         f"`pipeline {SOURCE_STAGE}` again to rebuild it")
     if latest is None:
         raise UsageError(f"no prepared image set in {cache.root}: run `pipeline {SOURCE_STAGE}` first "
                          f"(or `pipeline {SOURCE_STAGE} --source DIR` for your own images)")

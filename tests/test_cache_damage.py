@@ -82,3 +82,12 @@ def test_status_verify_finds_a_same_size_corruption(pipeline, outputs):
 
     assert f"damaged: prepare/{entry.name}: the cached entry's color.npy changed content" in result.output
     assert_one_clear_error_line(result, "1 of 1 entries damaged")
+
+
+def test_run_on_a_prepared_set_with_a_damaged_manifest_says_to_prepare_again(pipeline, outputs):
+    succeeded(pipeline(*PREPARE))
+    damage_manifest(latest_entry(outputs), files=None)
+
+    result = pipeline("run", "--stages", "vae")
+
+    assert_one_clear_error_line(result, "the cached entry's manifest is damaged", "`pipeline prepare` again")
