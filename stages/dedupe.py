@@ -144,10 +144,8 @@ def candidate_pairs(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE
 
     Band LSH by the pigeonhole principle: split the 64 bits into ``max_distance + 1`` bands; two hashes at most
     ``max_distance`` apart agree exactly on at least one band, so only pairs sharing a band value are verified.
-    Hashes repeated k times give k(k-1)/2 pairs: callers remove byte-identical images first.
-
-    The default of 4 bits comes from the 12,000 real anime faces hashed at 30x30: JPEG re-encodes (quality 30
-    to 75, with or without a 80-96 px resize) land 0-4 bits from their source.
+    Hashes repeated k times give k(k-1)/2 pairs: callers remove byte-identical images first. The default of 4
+    bits keeps nearly every re-encoded or resized copy of a real face in reach (docs/decisions.md).
     """
     if not 0 <= max_distance < HASH_BITS:
         raise ValueError(f"max_distance must be in [0, {HASH_BITS}), got {max_distance}")

@@ -74,6 +74,23 @@ def replace_stage_entry(monkeypatch, spec, replacement) -> None:
     monkeypatch.setattr(importlib.import_module(module), function, replacement)
 
 
+def interrupt_fit_after(fit, epochs: int):
+    """A stand-in for stages.training.fit that trains `epochs` epochs, then raises KeyboardInterrupt as a user's
+    ctrl-C would (at the next per-epoch evaluation, so resume checkpoints of the finished epochs exist)."""
+    def interrupted(job, context, device):
+        real_evaluate, calls = job.evaluate, []
+
+        def evaluate(model):
+            calls.append(1)
+            if len(calls) > epochs:
+                raise KeyboardInterrupt
+            return real_evaluate(model)
+
+        job.evaluate = evaluate
+        return fit(job, context, device)
+    return interrupted
+
+
 def must_not_run(name: str):
     """A stand-in that fails the test when called: for code whose result should come from the cache."""
     def fail(*args, **kwargs):

@@ -128,12 +128,11 @@ def test_local_difference_is_the_largest_3x3_mean_difference():
 
 def test_threshold_is_inclusive_and_exact():
     base = np.uint64(0x0123_4567_89AB_CDEF)
-    near = base ^ np.uint64(0b1111 << 20)  # 4 bits apart
-    far = base ^ np.uint64(0b11111 << 40)  # 5 bits apart
+    near = base ^ np.uint64(((1 << DEFAULT_MAX_DISTANCE) - 1) << 20)  # exactly the threshold apart
+    far = base ^ np.uint64(((1 << DEFAULT_MAX_DISTANCE + 1) - 1) << 40)  # one bit more
 
-    earlier, later = candidate_pairs(np.array([base, near, far], dtype=np.uint64), max_distance=4)
+    earlier, later = candidate_pairs(np.array([base, near, far], dtype=np.uint64))  # at the default threshold
 
-    assert DEFAULT_MAX_DISTANCE == 4
     assert list(zip(earlier.tolist(), later.tolist())) == [(0, 1)]
 
 
