@@ -256,13 +256,17 @@ def show_status(sets, config, verify, outputs) -> None:
             click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")
         if verify:
             checked = runner.verify(outputs)
-            damaged = [(stage, entry, problem) for stage, entry, problem in checked if problem]
-            for stage, entry, problem in damaged:
-                click.echo(f"damaged: {stage}/{entry}: {problem}")
+            for item in checked:
+                if not item.hashed:
+                    click.echo(f"sizes only: {item.stage}/{item.entry}: published before content hashes were "
+                               "recorded")
+            damaged = [item for item in checked if item.problem]
+            for item in damaged:
+                click.echo(f"damaged: {item.stage}/{item.entry}: {item.problem}")
             if damaged:
                 raise click.ClickException(f"{len(damaged)} of {len(checked)} entries damaged: the next command "
                                            "that needs one recomputes it")
-            click.echo(f"verified: all {len(checked)} entries match their content hashes")
+            click.echo(f"verified: all {len(checked)} entries match their manifests")
 
 
 @main.command()

@@ -244,9 +244,18 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
     return report
 
 
-def verify(outputs: Path) -> list[tuple[str, str, str]]:
-    """`pipeline status --verify`: (stage, entry, problem or "") for every entry folder, each file's content
-    hash checked against its manifest. The next command that needs a damaged entry recomputes it."""
+@dataclass(frozen=True)
+class Verified:
+    stage: str
+    entry: str
+    problem: str  # why the entry is damaged; "" when it is sound
+    hashed: bool  # False for an entry published before content hashes were recorded: only its sizes were checked
+
+
+def verify(outputs: Path) -> list[Verified]:
+    """`pipeline status --verify`: every entry folder, each file's content
+    hash checked against its manifest. The next command that needs a damaged entry recomputes it. An entry
+    published before content hashes were recorded has only its sizes checked, and says so."""
     cache = Cache(outputs)
     found = []
     for spec in registry.STAGES:
@@ -255,7 +264,9 @@ def verify(outputs: Path) -> list[tuple[str, str, str]]:
             continue
         for path in sorted(folder.iterdir()):
             if not path.name.startswith(".") and path.name != LATEST and path.is_dir() and not path.is_symlink():
-                found.append((spec.name, path.name, cache.inspect(path, verify=True)[1]))
+                manifest, problem = cache.inspect(path, verify=True)
+                hashed = manifest is None or bool(manifest.hashes) or not manifest.files
+                found.append(Verified(spec.name, path.name, problem, hashed))
     return found
 
 

@@ -74,7 +74,7 @@ def test_a_same_size_corruption_upstream_is_recomputed_before_a_stage_reads_it(p
 
 def test_status_verify_finds_a_same_size_corruption(pipeline, outputs):
     succeeded(pipeline(*PREPARE))
-    assert "verified: all 1 entries match" in succeeded(pipeline("status", "--verify")).output
+    assert "verified: all 1 entries match their manifests" in succeeded(pipeline("status", "--verify")).output
     entry = latest_entry(outputs)
     zero_file(entry / "color.npy")
 
@@ -91,3 +91,13 @@ def test_run_on_a_prepared_set_with_a_damaged_manifest_says_to_prepare_again(pip
     result = pipeline("run", "--stages", "vae")
 
     assert_one_clear_error_line(result, "the cached entry's manifest is damaged", "`pipeline prepare` again")
+
+
+def test_status_verify_says_which_entries_have_no_content_hashes_to_check(pipeline, outputs):
+    succeeded(pipeline(*PREPARE))
+    entry = latest_entry(outputs)
+    damage_manifest(entry, hashes={})  # as published before hashes were recorded
+
+    result = succeeded(pipeline("status", "--verify"))
+
+    assert f"sizes only: prepare/{entry.name}: published before content hashes were recorded" in result.output
