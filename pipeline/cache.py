@@ -8,8 +8,10 @@ Layout under the cache root (`./outputs` unless told otherwise):
     <stage>/.resume/<entry>/    checkpoints of an interrupted run, kept until that entry is published
     .lock                       held while a command works on the cache
 
-An entry is trusted only if its manifest.json parses, says it is complete, and every file it lists exists with the
-recorded size: a killed run, a half-copied folder or a hand-deleted image all read as "not cached".
+An entry is trusted only if its manifest.json validates, says it is complete, and every file it lists exists with
+the recorded size: a killed run, a half-copied folder or a hand-deleted image all read as "not cached". The manifest
+also records each file's blake2b; an entry's bytes are checked against them before another stage reads it, and by
+`pipeline status --verify`.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+
+_held_locks: set[int] = set()  # file descriptors of the cache locks this process holds
+_fork_hook: list[bool] = []  # whether _let_go_of_inherited_locks is registered yet
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Manifest:
     reason: str  # why it ran
     metrics: dict[str, Any]
     files: dict[str, int] = field(default_factory=dict)  # relative path -> size, every file but the manifest
+    hashes: dict[str, str] = field(default_factory=dict)  # relative path -> blake2b of its content, as published
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -91,9 +97,37 @@ class Manifest:
             if not isinstance(data, dict) or data.pop("complete", None) is not True:
                 return None
             inputs = data.pop("inputs")
-            return cls(**data, upstream=inputs["upstream"], fingerprint=inputs["fingerprint"])
+            manifest = cls(**data, upstream=inputs["upstream"], fingerprint=inputs["fingerprint"])
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
+        return manifest if manifest._well_typed() else None
+
+    def _well_typed(self) -> bool:
+        """Every field of the type it is read as: a hand-edited `files: null` must read as damaged, not crash."""
+        for item in dataclasses.fields(self):
+            value, expected = getattr(self, item.name), _FIELD_TYPES[item.name]
+            if not isinstance(value, expected) or isinstance(value, bool) and expected is not dict:
+                return False
+        return (all(isinstance(k, str) and type(v) is int for k, v in self.files.items())
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in self.hashes.items())
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in self.upstream.items()))
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "stage": str, "entry": str, "summary": str, "version": int, "params": dict, "key_params": dict, "upstream": dict,
+    "fingerprint": str, "versions": dict, "started": str, "finished": str, "seconds": (int, float), "reason": str,
+    "metrics": dict, "files": dict, "hashes": dict}
+DAMAGED_MANIFEST = "the cached entry's manifest is damaged"
+_HASH_CHUNK = 2**20
+
+
+def content_hash(path: Path) -> str:
+    """blake2b (128-bit digest) of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def explain_change(old: Manifest | None, new: Key) -> str:
@@ -126,17 +160,33 @@ class Cache:
 
     def manifest(self, path: Path) -> Manifest | None:
         """The manifest of a trusted entry, or None for anything incomplete or tampered with."""
+        return self.inspect(path)[0]
+
+    def inspect(self, path: Path, verify: bool = False) -> tuple[Manifest | None, str]:
+        """(manifest, "") for a trusted entry; (None, why not) for a damaged one; (None, "") where none is.
+
+        Trusted means: the manifest validates, and every file it lists is there with its recorded size, and, with
+        ``verify``, its recorded content hash (which reads every byte)."""
         try:
-            data = Manifest.from_json((path / MANIFEST).read_text(encoding="utf-8"))
-        except OSError:
-            return None
+            text = (path / MANIFEST).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None, ("the cached entry has no manifest" if path.is_dir() else "")
+        except OSError as error:
+            return None, f"the cached entry's manifest is unreadable ({error.strerror or error})"
+        data = Manifest.from_json(text)
         if data is None:
-            return None
+            return None, DAMAGED_MANIFEST
         for name, size in data.files.items():
             file = path / name
-            if not file.is_file() or file.stat().st_size != size:
-                return None
-        return data
+            if not file.is_file():
+                return None, f"the cached entry's {name} is missing"
+            if file.stat().st_size != size:
+                return None, f"the cached entry's {name} changed size"
+        if verify:
+            for name, digest in data.hashes.items():
+                if content_hash(path / name) != digest:
+                    return None, f"the cached entry's {name} changed content"
+        return data, ""
 
     def lookup(self, key: Key) -> Manifest | None:
         return self.manifest(self.entry_dir(key.stage, key.entry))
@@ -173,9 +223,10 @@ class Cache:
 
     def publish(self, key: Key, staging: Path, manifest: Manifest) -> Path:
         """Seal `staging` with its manifest and move it into place in one rename."""
-        files = {p.relative_to(staging).as_posix(): p.stat().st_size
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
-        _write_atomic(staging / MANIFEST, dataclasses.replace(manifest, files=files).to_json())
+        written = [p for p in sorted(staging.rglob("*")) if p.is_file()]  # just written: read from the page cache
+        files = {p.relative_to(staging).as_posix(): p.stat().st_size for p in written}
+        hashes = {p.relative_to(staging).as_posix(): content_hash(p) for p in written}
+        _write_atomic(staging / MANIFEST, dataclasses.replace(manifest, files=files, hashes=hashes).to_json())
         final = self.entry_dir(key.stage, key.entry)
         if final.exists():  # a forced re-run replaces the old entry
             retired = final.with_name(f".retired-{key.entry}-{os.getpid()}")
@@ -197,7 +248,11 @@ class Cache:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         temporary.symlink_to(entry)
-        os.replace(temporary, link)
+        try:
+            os.replace(temporary, link)
+        except OSError:  # e.g. a folder of that name in the way: say so, leave nothing behind
+            temporary.unlink()
+            raise
 
     def sweep_staging(self) -> None:
         """Remove what killed runs left half-written; called while holding the lock, so nobody is writing them."""
@@ -212,8 +267,15 @@ class Cache:
 
     @contextlib.contextmanager
     def locked(self, on_wait: Callable[[str], None]) -> Iterator[None]:
-        """Hold the cache lock; if another command holds it, say so once and wait for it."""
+        """Hold the cache lock; if another command holds it, say so once and wait for it.
+
+        Only the command itself ever holds the lock, so it is free the moment that process ends, however it ends:
+        an flock belongs to the open file, which forked children (decode workers) share, so each child lets go of
+        its copy as it starts (see _let_go_of_inherited_locks)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_let_go_of_inherited_locks)
+            _fork_hook.append(True)
         with open(self.root / ".lock", "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,12 +288,25 @@ class Cache:
             handle.truncate()
             handle.write(f"pipeline pid {os.getpid()}")
             handle.flush()
+            _held_locks.add(handle.fileno())
             try:
                 yield
             finally:
+                _held_locks.discard(handle.fileno())
                 handle.seek(0)
                 handle.truncate()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _let_go_of_inherited_locks() -> None:
+    """In a freshly forked child: point every inherited lock descriptor at /dev/null. The child's copy of the lock
+    is gone, and the parent's file object, copied into the child, still holds a valid descriptor."""
+    if _held_locks:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for descriptor in _held_locks:
+            os.dup2(null, descriptor, inheritable=False)
+        os.close(null)
+        _held_locks.clear()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -6,8 +6,13 @@ stage that trains actually runs.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -22,6 +27,10 @@ from stages.registry import SOURCE_STAGE
 
 DEFAULT_STAGES = "vae,colorize,concepts"
 _UNKNOWN_TOTAL_STRIDE = 256  # progress steps per redraw when a stage cannot know its total in advance
+_MAX_WORKERS = 4 * (os.cpu_count() or 1)  # more decoding processes than this only cost memory
+_MAX_AMOUNT = 10.0  # concept edits beyond 10x the concept vector leave the space the VAE decodes
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what `edit` can write
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's words for a write the disk cut short
 
 
 class _Bar:
@@ -72,7 +81,14 @@ def _user_errors():
         yield
     except (UsageError, StageError) as error:
         raise click.ClickException(str(error)) from None
+    except BrokenPipeError:  # `pipeline status | head -1`: the reader has all it wanted
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        sys.exit(1)
     except OSError as error:  # disk full, no permission on --outputs, ...: the file and the reason, nothing more
+        if error.errno == errno.ENOSPC or _SHORT_WRITE.search(str(error)):
+            where = f" while writing {error.filename}" if error.filename else ""
+            raise click.ClickException(f"no space left on device{where}: free space and run again") from None
         where = f"{error.filename}: " if error.filename else ""
         raise click.ClickException(f"{where}{error.strerror or error}: check the disk and the --outputs folder") \
             from None
@@ -115,15 +131,26 @@ def main() -> None:
     # torch reads this at its first allocation, and no command has loaded torch yet: big tensors (StackNN's
     # weight gradient, made afresh each step) then come in 2 MB pages (docs/decisions.md). A user's setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (`kill PID`, a scheduler's stop) takes the Ctrl-C path: workers stopped, nothing half-written kept."""
+    raise KeyboardInterrupt
 
 
 def _parse_count(value: str) -> int:
+    """A positive number, or `all` (0 inside, meaning every usable image)."""
     if value.strip().lower() == "all":
         return 0
     try:
-        return int(value)
+        count = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a number or 'all'") from None
+    if count == 0:
+        raise UsageError("--count 0 would keep no image: give a positive number, or --count all for every image")
+    return count
 
 
 def _parse_crop(value: str) -> float:
@@ -149,7 +176,8 @@ def _parse_crop(value: str) -> float:
               help="Fraction held out for testing.")
 @click.option("--dedupe/--no-dedupe", default=PrepareParams.dedupe, show_default=True,
               help="Drop near-duplicate images.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: one per core).")
+@click.option("--workers", type=click.IntRange(1, _MAX_WORKERS), default=None,
+              help="Decoding processes (default: one per core).")
 @click.option("--force", is_flag=True, help="Rebuild even if an identical set is cached.")
 @outputs_option
 def prepare(source, labels, count, size, crop, seed, test_fraction, dedupe, workers, force, outputs) -> None:
@@ -199,6 +227,9 @@ def run(stages, sets, config, device, force, outputs) -> None:
     """Train (or reuse from the cache) the VAE and colorizer on the prepared set."""
     with _user_errors():
         tokens = [t.strip() for t in stages.split(",") if t.strip()]
+        if not tokens:
+            runnable = ", ".join(spec.name for spec in registry.STAGES if spec.name != SOURCE_STAGE)
+            raise UsageError(f"--stages {stages!r} names no stage: give one or more of {runnable}")
         all_params = _stage_params(sets, config)
         runner.plan(tokens)  # reject unknown stage names before any work
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
@@ -214,14 +245,28 @@ def run(stages, sets, config, device, force, outputs) -> None:
 @main.command(name="status")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.PARAM=VALUE", help="Parameters as you would pass to run.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TOML file as for run.")
+@click.option("--verify", is_flag=True, help="Also check every cached file against its recorded content hash.")
 @outputs_option
-def show_status(sets, config, outputs) -> None:
+def show_status(sets, config, verify, outputs) -> None:
     """One line per stage: the key these settings give, whether it is cached, and if not, why it would run."""
     with _user_errors():
         for line in runner.status(_stage_params(sets, config), outputs):
             state = ("cached" if line.cached else f"skipped ({line.reason})" if line.skipped
                      else f"would run: {line.reason}")
             click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")
+        if verify:
+            checked = runner.verify(outputs)
+            for item in checked:
+                if not item.hashed:
+                    click.echo(f"sizes only: {item.stage}/{item.entry}: published before content hashes were "
+                               "recorded")
+            damaged = [item for item in checked if item.problem]
+            for item in damaged:
+                click.echo(f"damaged: {item.stage}/{item.entry}: {item.problem}")
+            if damaged:
+                raise click.ClickException(f"{len(damaged)} of {len(checked)} entries damaged: the next command "
+                                           "that needs one recomputes it")
+            click.echo(f"verified: all {len(checked)} entries match their manifests")
 
 
 @main.command()
@@ -232,7 +277,7 @@ def show_status(sets, config, outputs) -> None:
 def clean(keep, dry_run, outputs) -> None:
     """Remove old cache entries, keeping the newest N per stage and everything they depend on."""
     with _user_errors():
-        removed = runner.clean(outputs, keep, dry_run)
+        removed = runner.clean(outputs, keep, dry_run, echo=_warn)
         for item in removed:
             click.echo(f"{'would remove' if dry_run else 'removed'} {item.stage}/{item.entry}")
         freed = sum(item.bytes for item in removed)
@@ -247,13 +292,30 @@ def _parse_concept(value: str) -> str:
     return value
 
 
+def _check_picture_output(output: Path) -> None:
+    if output.suffix.lower() not in _PICTURE_SUFFIXES:
+        raise UsageError(f"-o {output}: name a picture file ending in {', '.join(_PICTURE_SUFFIXES)}, e.g. "
+                         "edited.png")
+
+
+def _checked_amounts(amounts: list[float], concepts: int) -> list[float]:
+    """One amount for all concepts, or one per concept, each finite and within +-10."""
+    if len(amounts) not in (1, concepts):
+        raise UsageError(f"{len(amounts)} --amount values for {concepts} --concept: give one amount for all, "
+                         "or one per concept, in order")
+    for amount in amounts:
+        if not math.isfinite(amount) or abs(amount) > _MAX_AMOUNT:
+            raise UsageError(f"--amount {amount}: give a number between {-_MAX_AMOUNT:g} and {_MAX_AMOUNT:g}")
+    return amounts * concepts if len(amounts) == 1 else amounts
+
+
 @main.command()
 @click.argument("picture", type=click.Path(path_type=Path))
 @click.option("--concept", "concepts", multiple=True, required=True,
               callback=lambda context, option, values: [_parse_concept(v) for v in values],
               help="A concept to add, e.g. hair=blonde (repeatable).")
 @click.option("--amount", "amounts", multiple=True, type=float,
-              help="How far to move along each --concept, in order (default 1.5; the last one repeats).")
+              help="How far to move along each --concept, -10 to 10: one for all, or one per concept (default 1.5).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("edited.png"),
               show_default=True, help="Where to write the strip: input | reconstruction | edited | colored.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -261,8 +323,9 @@ def _parse_concept(value: str) -> str:
 def edit(picture, concepts, amounts, output, device, outputs) -> None:
     """Edit your own picture along concept vectors (hair=blonde, eyes=blue, direction=left, ...)."""
     with _user_errors():
-        amounts = list(amounts) or [1.5]
-        pairs = [(name, amounts[min(i, len(amounts) - 1)]) for i, name in enumerate(concepts)]
+        _check_picture_output(output)
+        amounts = _checked_amounts(list(amounts) or [1.5], len(concepts))
+        pairs = list(zip(concepts, amounts))
         runner.edit(picture, pairs, output, _settings(outputs, device))
         click.echo(f"wrote {output}: input | reconstruction | edited gray | edited color")
 

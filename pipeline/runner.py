@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import params as params_mod
-from pipeline.cache import Cache, Key, Manifest, explain_change, now
+from pipeline.cache import LATEST, MANIFEST, Cache, Key, Manifest, explain_change, now
 from pipeline.params import UsageError
 from stages.contract import StageContext, StageSkipped, StageSpec
 from stages import registry
@@ -88,15 +88,22 @@ def _versions() -> dict[str, str]:
 
 
 def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[str, Path],
-              settings: Settings, force: bool) -> Outcome:
-    """Reuse the cached entry of this key, or run the stage into a staging folder and publish it whole."""
+              settings: Settings, force: bool, damaged: str = "") -> Outcome:
+    """Reuse the cached entry of this key, or run the stage into a staging folder and publish it whole.
+
+    Before the stage runs, every upstream file is checked against the content hash its manifest records:
+    DamagedEntry if one differs. ``damaged`` (why) says the cached entry of this key must not be trusted."""
     key = make_key(spec, stage_params, {name: path.name for name, path in upstream_dirs.items()})
-    cached = cache.lookup(key)
+    cached = None if damaged else cache.lookup(key)
     if cached is not None and not force:
         cache.point_latest(spec.name, key.entry)
         return Outcome(spec.name, key.entry, "cached", metrics=cached.metrics)
 
-    reason = "--force" if cached is not None else explain_change(cache.latest(spec.name), key)
+    reason = "--force" if cached is not None else damaged or _why_run(cache, key)
+    for name, folder in upstream_dirs.items():  # every byte this stage will read, as it was published
+        _, problem = cache.inspect(folder, verify=True)
+        if problem:
+            raise DamagedEntry(name, folder, problem)
     staging = cache.staging_dir(key)
     context = StageContext(device=settings.device, workers=settings.workers, resume_dir=cache.resume_dir(key),
                            echo=settings.echo, progress=settings.progress)
@@ -121,8 +128,41 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
     return Outcome(spec.name, key.entry, "ran", reason=reason, seconds=seconds, metrics=metrics)
 
 
+class DamagedEntry(Exception):
+    """An upstream entry whose files no longer match its manifest; run_pipeline recomputes it."""
+
+    def __init__(self, stage: str, folder: Path, problem: str):
+        super().__init__(f"{stage}/{folder.name}: {problem}")
+        self.stage, self.folder, self.problem = stage, folder, problem
+
+
+def _why_run(cache: Cache, key) -> str:
+    """Why `key` has to run: its own entry is damaged, or what changed since the stage's latest entry."""
+    _, problem = cache.inspect(cache.entry_dir(key.stage, key.entry))
+    return problem or explain_change(cache.latest(key.stage), key)
+
+
+def _recompute(cache: Cache, damaged: DamagedEntry, settings: Settings) -> Path:
+    """Run a damaged entry's stage again with the parameters and inputs its manifest records; its new folder."""
+    spec = registry.stage(damaged.stage)
+    text = (damaged.folder / MANIFEST).read_text(encoding="utf-8")
+    recorded = Manifest.from_json(text)
+    stage_params = params_mod.build(spec.params, spec.name, recorded.params)
+    upstream = {name: cache.entry_dir(name, entry) for name, entry in recorded.upstream.items()}
+    settings.echo(f"{damaged}: recomputing it")
+    while True:
+        try:
+            outcome = run_stage(cache, spec, stage_params, upstream, settings, force=False, damaged=damaged.problem)
+            return cache.entry_dir(spec.name, outcome.entry)
+        except DamagedEntry as further_up:
+            upstream[further_up.stage] = _recompute(cache, further_up, settings)
+
+
 def source_entry(cache: Cache) -> Path:
-    latest = cache.latest(SOURCE_STAGE)
+    latest, problem = cache.inspect(cache.root / SOURCE_STAGE / LATEST)
+    if problem:
+        raise UsageError(f"the latest prepared image set in {cache.root} cannot be used ({problem}): run the same "
+                         f"`pipeline {SOURCE_STAGE}` again to rebuild it")
     if latest is None:
         raise UsageError(f"no prepared image set in {cache.root}: run `pipeline {SOURCE_STAGE}` first "
                          f"(or `pipeline {SOURCE_STAGE} --source DIR` for your own images)")
@@ -150,8 +190,13 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
             if skip:
                 outcomes.append(Outcome(spec.name, "", "skipped", reason=skip))
                 continue
-            outcome = run_stage(cache, spec, all_params[spec.name], {n: published[n] for n in spec.upstream},
-                                settings, force=force and spec.name in tokens)
+            while True:
+                try:
+                    outcome = run_stage(cache, spec, all_params[spec.name], {n: published[n] for n in spec.upstream},
+                                        settings, force=force and spec.name in tokens)
+                    break
+                except DamagedEntry as damaged:
+                    published[damaged.stage] = _recompute(cache, damaged, settings)
             outcomes.append(outcome)
             if outcome.status != "skipped":
                 published[spec.name] = cache.entry_dir(spec.name, outcome.entry)
@@ -195,9 +240,34 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
         key = make_key(spec, all_params[spec.name], {name: entries[name] for name in spec.upstream})
         entries[spec.name] = key.entry
         cached = cache.lookup(key) is not None
-        report.append(StageStatus(spec.name, key.entry, cached,
-                                  "" if cached else explain_change(cache.latest(spec.name), key)))
+        report.append(StageStatus(spec.name, key.entry, cached, "" if cached else _why_run(cache, key)))
     return report
+
+
+@dataclass(frozen=True)
+class Verified:
+    stage: str
+    entry: str
+    problem: str  # why the entry is damaged; "" when it is sound
+    hashed: bool  # False for an entry published before content hashes were recorded: only its sizes were checked
+
+
+def verify(outputs: Path) -> list[Verified]:
+    """`pipeline status --verify`: every entry folder, each file's content
+    hash checked against its manifest. The next command that needs a damaged entry recomputes it. An entry
+    published before content hashes were recorded has only its sizes checked, and says so."""
+    cache = Cache(outputs)
+    found = []
+    for spec in registry.STAGES:
+        folder = cache.root / spec.name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not path.name.startswith(".") and path.name != LATEST and path.is_dir() and not path.is_symlink():
+                manifest, problem = cache.inspect(path, verify=True)
+                hashed = manifest is None or bool(manifest.hashes) or not manifest.files
+                found.append(Verified(spec.name, path.name, problem, hashed))
+    return found
 
 
 @dataclass
@@ -207,7 +277,8 @@ class Removal:
     bytes: int
 
 
-def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
+def clean(outputs: Path, keep: int, dry_run: bool = False,
+          echo: Callable[[str], None] = print) -> list[Removal]:
     """Remove all but the `keep` newest entries of each stage, never one that a kept downstream entry reads.
 
     Stages are visited downstream first, so by the time a stage is cleaned, every entry still depending on it
@@ -216,7 +287,7 @@ def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
     cache = Cache(outputs)
     removed: list[Removal] = []
     needed: dict[str, set[str]] = {}
-    with cache.locked(lambda message: None):
+    with cache.locked(echo):  # says, as run does, whom it waits for
         for spec in reversed(registry.STAGES):
             entries = cache.entries(spec.name)
             latest = cache.latest(spec.name)

@@ -1,4 +1,5 @@
-"""Near-duplicate detection for scraped image sets: a 64-bit perceptual hash and a band-LSH duplicate mask.
+"""Near-duplicate detection for scraped image sets: a 64-bit perceptual hash nominates pairs (band LSH), and a
+comparison of the pairs' pixels confirms them (find_duplicates).
 
 The hash is pHash: the image is area-resampled to 32x32, transformed by a 2-D DCT-II, and the 8x8 lowest
 frequencies are thresholded at their median (bit 63 is the DC term, row-major from there). Low frequencies
@@ -13,6 +14,7 @@ hashing the 96x96 originals instead gave the same distance histogram, so nothing
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -21,7 +23,9 @@ HASH_BITS = 64
 _SIDE = 32  # pHash resamples to 32x32 before the DCT...
 _LOW = 8  # ...and keeps the 8x8 lowest frequencies
 _BLOCK = 4096  # images hashed per matrix product
-DEFAULT_MAX_DISTANCE = 4  # see duplicate_mask
+DEFAULT_MAX_DISTANCE = 4  # see candidate_pairs
+DEFAULT_MAX_DIFFERENCE = 16.0  # gray levels; see find_duplicates, and docs/decisions.md for the measurements
+_PAIR_CHUNK_VALUES = 2**22  # pixel values compared per chunk of pairs
 
 
 def perceptual_hash(gray: np.ndarray) -> int:
@@ -68,35 +72,87 @@ def _area_resampling(source: int, target: int) -> np.ndarray:
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def duplicate_mask(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> np.ndarray:
-    """True for each hash within ``max_distance`` bits of an earlier one (first occurrences are kept).
+@dataclass(frozen=True)
+class Duplicates:
+    """Which prepared images copy an earlier one: ``mask`` (N,) bool, True for each copy (first occurrences are
+    kept); ``original`` (N,) int64, the earlier image each copy repeats (-1 where kept); ``difference`` (N,)
+    float32, their pixel difference (see local_differences; 0 where kept)."""
 
-    An item is compared with every earlier item, flagged or not. Exact repeats are settled first, so a set
-    full of identical hashes (blank frames) costs no more than one copy. The distinct hashes then go through
-    band LSH by the pigeonhole principle: split the 64 bits into ``max_distance + 1`` bands; two hashes at most
+    mask: np.ndarray
+    original: np.ndarray
+    difference: np.ndarray
+
+
+def find_duplicates(gray: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
+                    max_difference: float = DEFAULT_MAX_DIFFERENCE) -> Duplicates:
+    """Copies among prepared (N, H, W) uint8 gray images: pHash nominates pairs, their pixels confirm them.
+
+    A pHash match alone is not enough: simple images (handwritten digits, flat halves of two colors, tiny
+    pictures) sit within a few bits of each other without being copies. A nominated pair counts only if no
+    3x3 neighbourhood differs by more than ``max_difference`` gray levels on average (local_differences):
+    re-encoding and resampling add small noise everywhere, which the neighbourhood mean mostly cancels, while
+    two different drawings, however alike, differ strongly somewhere. Byte-identical images are settled first,
+    without hashing, so a set full of identical frames costs no more than one copy.
+    """
+    if gray.ndim != 3:
+        raise ValueError(f"expected (N, H, W) gray images, got shape {gray.shape}")
+    count = len(gray)
+    original = np.full(count, -1, dtype=np.int64)
+    difference = np.zeros(count, dtype=np.float32)
+    rows = np.ascontiguousarray(gray).reshape(count, -1)
+    _, first, inverse = np.unique(rows.view(np.dtype((np.void, max(rows.shape[1], 1)))), return_index=True,
+                                  return_inverse=True)
+    first_of = first[inverse.reshape(-1)]
+    identical = first_of != np.arange(count)
+    original[identical] = first_of[identical]
+
+    distinct = np.sort(first)  # one image of each byte-identical group, in order: "earlier" stays "lower"
+    earlier, later = candidate_pairs(perceptual_hashes(gray[distinct]), max_distance)
+    earlier, later = distinct[earlier], distinct[later]
+    differences = local_differences(gray, earlier, later)
+    confirmed = differences <= max_difference
+    earlier, later, differences = earlier[confirmed], later[confirmed], differences[confirmed]
+    closest_first = np.lexsort((differences, later))  # each copy's closest earlier match leads its run
+    runs = later[closest_first]
+    leads = closest_first[np.r_[True, runs[1:] != runs[:-1]]] if len(runs) else closest_first
+    original[later[leads]] = earlier[leads]
+    difference[later[leads]] = differences[leads]
+    return Duplicates(original >= 0, original, difference)
+
+
+def local_differences(gray: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(P,) float32: for each pair of (N, H, W) gray images, the largest absolute difference between their 3x3
+    neighbourhood means (edges replicated), in gray levels. Computed in chunks of pairs: memory stays small."""
+    result = np.zeros(len(first), dtype=np.float32)
+    step = max(1, _PAIR_CHUNK_VALUES // max(gray[0].size, 1)) if len(gray) else 1
+    for start in range(0, len(first), step):
+        a = gray[first[start:start + step]].astype(np.float32)
+        b = gray[second[start:start + step]].astype(np.float32)
+        result[start:start + step] = np.abs(_neighbourhood_mean(a - b)).reshape(len(a), -1).max(axis=1)
+    return result
+
+
+def _neighbourhood_mean(images: np.ndarray) -> np.ndarray:
+    """(P, H, W) -> the mean of each pixel's 3x3 neighbourhood, edges replicated (linear: blur(a) - blur(b))."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    height, width = images.shape[1:]
+    return sum(padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)) / 9
+
+
+def candidate_pairs(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (earlier, later) of indices whose hashes lie within ``max_distance`` bits, each pair once.
+
+    Band LSH by the pigeonhole principle: split the 64 bits into ``max_distance + 1`` bands; two hashes at most
     ``max_distance`` apart agree exactly on at least one band, so only pairs sharing a band value are verified.
-
-    The default of 4 bits comes from the 12,000 real anime faces hashed at 30x30: JPEG re-encodes (quality 30
-    to 75, with or without a 80-96 px resize) land 0-4 bits from their source, every pair found 4 or fewer
-    bits apart was the same picture (98 items flagged), while at 6 bits about 1 pair in 7 is two different faces.
+    Hashes repeated k times give k(k-1)/2 pairs: callers remove byte-identical images first. The default of 4
+    bits keeps nearly every re-encoded or resized copy of a real face in reach (docs/decisions.md).
     """
     if not 0 <= max_distance < HASH_BITS:
         raise ValueError(f"max_distance must be in [0, {HASH_BITS}), got {max_distance}")
     hashes = np.asarray(hashes, dtype=np.uint64)
-    distinct, first_index, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    by_first_seen = np.argsort(first_index)  # distinct hashes in order of first appearance: "earlier" is "lower"
-    near_earlier = np.zeros(len(distinct), dtype=bool)
-    near_earlier[by_first_seen] = _near_earlier(distinct[by_first_seen], max_distance)
-    repeated = np.arange(len(inverse)) != first_index[inverse]
-    return repeated | near_earlier[inverse]
-
-
-def _near_earlier(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """For distinct hashes: True where some earlier hash lies within ``max_distance`` bits."""
-    flagged = np.zeros(len(hashes), dtype=bool)
-    for band in _bands(max_distance + 1):
-        _flag_within_band(hashes, band, max_distance, flagged)
-    return flagged
+    found = [_pairs_within_band(hashes, band, max_distance) for band in _bands(max_distance + 1)]
+    codes = np.unique(np.concatenate([earlier * len(hashes) + later for earlier, later in found]))
+    return codes // max(len(hashes), 1), codes % max(len(hashes), 1)
 
 
 def _bands(count: int) -> list[tuple[int, int]]:
@@ -105,18 +161,21 @@ def _bands(count: int) -> list[tuple[int, int]]:
     return [(int(low), int(high - low)) for low, high in zip(edges[:-1], edges[1:])]
 
 
-def _flag_within_band(hashes: np.ndarray, band: tuple[int, int], max_distance: int, flagged: np.ndarray) -> None:
-    """Verify every pair that agrees on ``band``; flag the later item of each pair within ``max_distance``."""
+def _pairs_within_band(hashes: np.ndarray, band: tuple[int, int], max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later) of every pair that agrees on ``band`` and lies within ``max_distance`` bits."""
     shift, width = band
     keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
     order = np.argsort(keys, kind="stable")  # equal keys stay in index order: the earlier item comes first
     sorted_keys = keys[order]
     starts = np.flatnonzero(sorted_keys[:-1] == sorted_keys[1:])  # positions whose next neighbour shares the key
+    earlier, later = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     gap = 1
     while len(starts):
-        later = order[starts + gap]
-        distance = np.bitwise_count(hashes[order[starts]] ^ hashes[later])
-        flagged[later[distance <= max_distance]] = True
+        first, second = order[starts], order[starts + gap]
+        near = np.bitwise_count(hashes[first] ^ hashes[second]) <= max_distance
+        earlier.append(first[near])
+        later.append(second[near])
         gap += 1
         starts = starts[starts + gap < len(keys)]
         starts = starts[sorted_keys[starts] == sorted_keys[starts + gap]]
+    return np.concatenate(earlier).astype(np.int64), np.concatenate(later).astype(np.int64)

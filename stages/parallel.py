@@ -1,13 +1,22 @@
 """An ordered, bounded ``map`` across worker processes that a caller may abandon at any point without a hang.
 
 Used for the CPU-bound parts of ``prepare`` (decoding pictures, drawing the embedded faces). Workers are forked,
-so they start in milliseconds and inherit the imported modules; nothing here imports torch."""
+so they start in milliseconds and inherit the imported modules; nothing here imports torch.
+
+Workers never outlive the process that started them: a parent killed with ``kill -9`` cannot shut its pool
+down, and its workers would otherwise sit forever in a write to a result pipe nobody reads."""
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -17,6 +26,8 @@ Batch = TypeVar("Batch")
 Result = TypeVar("Result")
 
 WINDOW_PER_WORKER = 8  # batches in flight per worker: keeps cores busy while bounding queued bytes
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_SECONDS = 0.5  # where there is no prctl: how often a worker checks that its parent still lives
 
 
 class WorkerDied(Exception):
@@ -34,7 +45,9 @@ def map_in_order(function: Callable[[Batch], Result], batches: Iterable[Batch], 
         yield from map(function, batches)
         return
     in_flight: collections.deque[Future[Result]] = collections.deque()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)) \
+            as pool:
         try:
             for batch in batches:
                 in_flight.append(pool.submit(function, batch))
@@ -45,6 +58,26 @@ def map_in_order(function: Callable[[Batch], Result], batches: Iterable[Batch], 
         finally:
             for future in in_flight:
                 future.cancel()
+
+
+def die_with_parent(parent: int) -> None:
+    """Run in each worker as it starts: end this process as soon as ``parent`` (the pid that forked it) is gone.
+
+    On Linux the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); the parent may already be
+    dead by the time that is set, hence the check after it. Elsewhere a daemon thread polls the parent pid."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:

@@ -32,7 +32,8 @@ class PrepareParams:
     size: int = param(30, "side of the square images, in pixels", min=4, max=512)
     crop: float = param(1.0, "central fraction of each (square-cropped) image kept before resizing", min=0.05, max=1.0)
     seed: int = param(0, "seed of the image choice and the train/test split", min=0)
-    test_fraction: float = param(0.1, "fraction of the images held out for testing", min=0.0, max=0.9)
+    test_fraction: float = param(0.1, "fraction of the images held out for testing (the stages need a test split)",
+                                 min=0.01, max=0.9)
     dedupe: bool = param(True, "drop near-duplicate images (perceptual hash)")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from stages import faces
-from stages.dedupe import duplicate_mask, perceptual_hashes
+from stages.dedupe import Duplicates, find_duplicates
 from stages.luma import luma_uint8
 from stages import prepared_set as files
 from stages.contract import StageContext, StageError
@@ -27,6 +27,7 @@ from stages.sources import DecodedImage, SourceError, describe_source, folder_fi
 EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
 _GENERATOR_VERSION = "faces-1"  # bump when stages/faces.py draws differently
 _PREVIEW_COUNT = 32
+_DUPLICATES_SHOWN = 16
 _EMBEDDED_BATCH = 32  # faces per worker job: ~80 ms of drawing, so the pool's cost per job is noise
 _MAX_WARNINGS = 20
 
@@ -58,10 +59,18 @@ def fingerprint(params: PrepareParams) -> str:
 
 
 def _listing(source: Path) -> list[tuple[str, os.stat_result]]:
-    """(relative name, stat) of every file under a folder, or of the one file."""
+    """(relative name, stat) of every file under a folder, or of the one file; a link that leads nowhere (dangling,
+    a loop) counts by its own stat, and decoding skips it with the reason."""
     if not source.is_dir():
         return [(source.name, source.stat())]
-    return [(name, entry.stat()) for name, entry in folder_files(source)]
+    return [(name, _stat_of(entry)) for name, entry in folder_files(source)]
+
+
+def _stat_of(entry: os.DirEntry) -> os.stat_result:
+    try:
+        return entry.stat()
+    except OSError:
+        return entry.stat(follow_symlinks=False)
 
 
 def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, dict[str, str]]:
@@ -139,17 +148,35 @@ def _collect(images: Iterator[DecodedImage], context: StageContext, total: int |
 
 
 def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
-    """Pairs of (gray | color), 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+    """Pairs of (gray | color) for the first 32 images."""
     count = min(len(gray), _PREVIEW_COUNT)
-    size, columns, gap = gray.shape[1], 8, 2
+    _pairs_image(np.repeat(gray[:count, ..., np.newaxis], 3, axis=3), color[:count], path)
+
+
+def _pairs_image(left: np.ndarray, right: np.ndarray, path: Path) -> None:
+    """(N, S, S, 3) pairs side by side, 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+    count, size, columns, gap = len(left), left.shape[1], 8, 2
     rows = -(-count // columns)
     canvas = np.full((rows * (size + gap) + gap, columns * (2 * size + gap) + gap, 3), 255, np.uint8)
     for i in range(count):
-        top, left = gap + (i // columns) * (size + gap), gap + (i % columns) * (2 * size + gap)
-        canvas[top:top + size, left:left + size] = gray[i][..., None]
-        canvas[top:top + size, left + size:left + 2 * size] = color[i]
+        top, left_edge = gap + (i // columns) * (size + gap), gap + (i % columns) * (2 * size + gap)
+        canvas[top:top + size, left_edge:left_edge + size] = left[i]
+        canvas[top:top + size, left_edge + size:left_edge + 2 * size] = right[i]
     image = Image.fromarray(canvas)
     image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
+
+
+def _write_duplicates(out_dir: Path, duplicates: Duplicates, kept: list[DecodedImage], color: np.ndarray) -> None:
+    """duplicates.csv lists every dropped copy; duplicates.png shows the first 16, each after the image it copies."""
+    dropped = np.flatnonzero(duplicates.mask)
+    with open(out_dir / files.DUPLICATES, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "duplicate_of", "difference"])
+        writer.writerows((kept[i].name, kept[duplicates.original[i]].name, f"{duplicates.difference[i]:.2f}")
+                         for i in dropped)
+    if len(dropped):
+        shown = dropped[:_DUPLICATES_SHOWN]
+        _pairs_image(color[duplicates.original[shown]], color[shown], out_dir / files.DUPLICATES_GRID)
 
 
 def _write_labels(path: Path, names: list[str], tags: list[dict[str, str] | None]) -> list[str]:
@@ -185,8 +212,12 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
                                                                               np.uint8)
     gray = luma_uint8(color)
     # The embedded faces are distinct by construction; a perceptual hash would only confuse look-alike cartoons.
-    check_duplicates = params.dedupe and params.source and len(gray)
-    duplicates = duplicate_mask(perceptual_hashes(gray)) if check_duplicates else np.zeros(len(gray), bool)
+    if params.dedupe and params.source and len(gray):
+        found = find_duplicates(gray)
+        _write_duplicates(out_dir, found, kept, color)
+        duplicates = found.mask
+    else:
+        duplicates = np.zeros(len(gray), bool)
     usable = np.flatnonzero(~duplicates)
     if params.count and len(usable) < params.count:
         raise StageError(f"only {len(usable)} usable images in {origin} ({sum(skipped.values())} skipped, "

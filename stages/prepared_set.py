@@ -7,6 +7,8 @@ Files (plain numpy / CSV / PNG / JSON, nothing pickled):
     sources.csv  index, file, content_hash of every kept image
     labels.csv   file + one column per tag, if any image has tags
     preview.png  gray next to color for the first images
+    duplicates.csv  file, duplicate_of, difference of every image dropped as a copy (when dedupe ran)
+    duplicates.png  up to 16 dropped copies, each beside the image it copies (when any were dropped)
     dataset.json where the images came from, whether they are the embedded faces, their size, crop and count
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ SPLIT = "split.npz"
 SOURCES = "sources.csv"
 LABELS = "labels.csv"
 PREVIEW = "preview.png"
+DUPLICATES = "duplicates.csv"
+DUPLICATES_GRID = "duplicates.png"
 DATASET = "dataset.json"
 
 

@@ -31,7 +31,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="prepare", version=2, params=PrepareParams, upstream=(), run="stages.prepare:run",
         describe=_describe_prepare, fingerprint="stages.prepare:fingerprint",
-        figures=(Figure("preview.png", "gray | color pairs of the prepared set"),),
+        figures=(Figure("preview.png", "gray | color pairs of the prepared set"),
+                 Figure("duplicates.png", "images dropped as copies: the kept image | its dropped copy")),
         summary="the prepared image set: gray and color arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(

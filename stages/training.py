@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -83,10 +84,21 @@ class Job:
     label: str
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def _save_checkpoint(path: Path, state: dict, label: str) -> None:
+    """Write the resume state beside the last good one, then swap it in. If the write fails (a full disk), the
+    partial file goes, the last good checkpoint stays, and the user gets one line. torch.save is handed a Python
+    file: given a path, its C++ writer reports a full disk as an opaque RuntimeError instead of ENOSPC."""
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise StageError(f"no space left on device while writing the {label} checkpoint in {path.parent}; "
+                             "free space and run again (training resumes from the last checkpoint)") from None
+        raise
 
 
 def _load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
@@ -171,7 +183,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
                     "train": history.train, "test": history.test, "extra": history.extra,
-                    "seconds": history.seconds, "images": history.images})
+                    "seconds": history.seconds, "images": history.images}, job.label)
                 last_save = time.perf_counter()
                 save_cost = last_save - clock
     model.eval()
