@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from stages.models import build_vae  # noqa: E402
 from stages.params import VaeParams  # noqa: E402
 from stages.training import Job  # noqa: E402
-from stages.vae import _evaluator, vae_loss  # noqa: E402
+from stages.vae import test_loss_evaluator, vae_loss  # noqa: E402
 
 CLOSED = tb.Recipe(batch_size=128, lr=3e-3, epochs=8, warmup=0.15)
 NEG_ELBO = tb.Metric("test -ELBO", "nats", lower_better=True, flat=1.0)
@@ -42,7 +42,7 @@ def main() -> None:
     open_params = VaeParams(seed=args.seed)
     params = dataclasses.replace(open_params, arch="fc")
     train, test = tb.load(args, params.channels)
-    evaluate = _evaluator(test, params)
+    evaluate = test_loss_evaluator(test, params)
 
     def score(model) -> float:
         return evaluate(model)["loss"]

@@ -93,6 +93,21 @@ def test_fewer_usable_images_than_count_fails_in_one_line_and_caches_nothing(pip
     assert_nothing_cached(outputs)
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"name,hair\n0.png,red\n", "needs a header `file,<tag columns...>`"),
+    (b"file\n0.png\n", "needs a header `file,<tag columns...>`"),
+    (b"file,hair\n\xff\xfe\x00broken\n", "could not be read"),
+])
+def test_malformed_labels_csv_fails_in_one_line_and_caches_nothing(pipeline, outputs, make_folder, tmp_path, content,
+                                                                    problem):
+    (tmp_path / "tags.csv").write_bytes(content)
+
+    result = pipeline("prepare", "--source", make_folder(4), "--labels", tmp_path / "tags.csv", "--count", "all")
+
+    assert_one_clear_error_line(result, "tags.csv", problem)
+    assert Cache(outputs).entries("prepare") == []
+
+
 def test_missing_labels_file_fails_in_one_line_and_caches_nothing(pipeline, outputs, make_folder, tmp_path):
     result = pipeline("prepare", "--source", make_folder(4), "--labels", tmp_path / "tags.csv", "--count", "all")
 
@@ -108,7 +123,7 @@ def test_a_failed_prepare_leaves_the_previous_entry_as_latest(pipeline, outputs,
 
     assert result.exit_code != 0
     assert (outputs / "prepare" / "latest").resolve() == before
-    assert [m["entry"] for m in Cache(outputs).entries("prepare")] == [before.name]
+    assert [m.entry for m in Cache(outputs).entries("prepare")] == [before.name]
 
 
 def test_crop_center_half_is_accepted(pipeline, outputs, make_folder):
