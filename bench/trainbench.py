@@ -126,6 +126,8 @@ class Curve:
 
 @dataclass(frozen=True)
 class Metric:
+    """The test metric a bench compares sides by: which way is better, and when the reference has flattened."""
+
     name: str
     unit: str
     lower_better: bool
@@ -206,9 +208,9 @@ def compare(title: str, seed: int, train_reference: Callable[[], Curve],
     flat = gained < metric.flat
     print(f"{ref.label}: {t_ref:.1f} s, {ref.images / t_ref:.0f} img/s; target = its final {metric.name} "
           f"{target:.3f} {metric.unit}", flush=True)
-    print(f"flattened: {'yes' if flat else 'NO'}: its last {last} of {epochs} epochs gained {gained:.3f} {metric.unit} "
-          f"({'<' if flat else 'not <'} {metric.flat:g}){'' if flat else '; give it more --reference-epochs'}",
-          flush=True)
+    print(f"flattened: {'yes' if flat else 'NO'}: its last {last} of {epochs} epochs gained {gained:.3f} "
+          f"{metric.unit} ({'<' if flat else 'not <'} {metric.flat:g})"
+          + ("" if flat else "; give it more --reference-epochs"), flush=True)
     curves = [ref]
     for train in sides:
         torch.manual_seed(seed)
