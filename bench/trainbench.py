@@ -1,5 +1,14 @@
-"""What bench/train_vae.py and bench/train_colorize.py share: their faces, the two training loops (ours through
-stages.training.fit, the reference DataLoader loop) and the side-by-side table.
+"""What bench/train_vae.py and bench/train_colorize.py share: their faces, the MLPerf-style protocol (time to a
+quality target), the two training loops (the reference DataLoader loop and ours, stages.training.fit) and the
+report.
+
+The protocol. The reference side trains the seed's way for a schedule long enough that its test metric has
+flattened; its final test metric is the target and its training time is T_ref. Each of our sides trains with
+`fit`, is scored on the same test images after every epoch and stops at the first score that reaches the target;
+T_ours is its training time up to that point. Evaluation is excluded from both clocks. The headline is
+T_ref / T_ours for the "closed" side (same network, loss and initialisation as the reference; batch, learning
+rate, schedule and epochs free). An "open" side (the stage's own defaults) is printed too, but is not the
+headline.
 
 The faces are the embedded generator's (generate_face -> resize_square(30) -> luma_uint8), drawn in parallel once
 and cached in the temp folder in `pipeline prepare`'s layout (gray.npy, color.npy, split.npz with 10% test), so
@@ -8,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import math
 import multiprocessing
 import os
 import resource
@@ -15,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -34,18 +46,37 @@ from stages.training import Job, fit, resolve_device  # noqa: E402
 from stages.prepared_set import load_prepared  # noqa: E402
 
 SIZE, TEST_FRACTION, REFERENCE_BATCH = 30, 0.1, 64
+FLAT_FRACTION = 0.2  # the reference has flattened when its last 20% of epochs gain less than the bench's threshold
 
 
-def parse_args(doc: str, images: int, epochs: int) -> argparse.Namespace:
+@dataclass(frozen=True)
+class Recipe:
+    """How a `fit` side trains: batch size, peak lr of the one-cycle schedule, its warm-up fraction, epochs."""
+
+    batch_size: int
+    lr: float
+    epochs: int
+    warmup: float = 0.15
+
+    def __str__(self) -> str:
+        return f"fit b{self.batch_size}, one-cycle lr {self.lr:g} warm-up {self.warmup:g}, {self.epochs} epochs"
+
+
+def parse_args(doc: str, images: int, reference_epochs: int, closed: Recipe) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--images", type=int, default=images, help="faces generated (10%% held out for testing)")
-    parser.add_argument("--epochs", type=int, default=epochs, help="epochs, the same for every side")
     parser.add_argument("--prepared", type=Path, help="a `pipeline prepare` output folder (then --images is ignored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, batching and noise (split fixed)")
-    parser.add_argument("--also", action="append", default=[], metavar="BATCH:LR",
-                        type=lambda spec: (int(spec.split(":")[0]), float(spec.split(":")[1])),
-                        help="also train ours with this batch size and peak lr (repeatable), to tune the defaults")
-    return parser.parse_args()
+    parser.add_argument("--reference-epochs", type=int, default=reference_epochs,
+                        help="the reference's schedule: long enough that its test metric flattens")
+    parser.add_argument("--batch", type=int, default=closed.batch_size, help="the closed side's batch size")
+    parser.add_argument("--lr", type=float, default=closed.lr, help="the closed side's peak learning rate")
+    parser.add_argument("--epochs", type=int, default=closed.epochs, help="the closed side's schedule length")
+    parser.add_argument("--warmup", type=float, default=closed.warmup, help="the closed side's warm-up fraction")
+    parser.add_argument("--no-open", action="store_true", help="skip the open side (the stage defaults)")
+    args = parser.parse_args()
+    args.closed = Recipe(args.batch, args.lr, args.epochs, args.warmup)
+    return args
 
 
 def _face(index: int) -> np.ndarray:
@@ -84,32 +115,68 @@ def load(args: argparse.Namespace, *channels: int) -> list[torch.Tensor]:
     return tensors
 
 
-def ours(job: Job) -> float:
-    """Train with our loop (fresh resume folder, so nothing resumes); seconds of training, evaluation excluded."""
-    device = resolve_device("cpu")  # as the stages do: this also flushes denormals, part of our loop
-    with tempfile.TemporaryDirectory(prefix="bench-resume-") as resume:
-        quiet = contextlib.nullcontext(SimpleNamespace(advance=lambda *_: None))  # a progress bar showing nothing
-        context = StageContext(device="cpu", workers=None, resume_dir=Path(resume), echo=print,
-                               progress=lambda total, label: quiet)
-        return fit(job, context, device).seconds
+@dataclass
+class Curve:
+    """One side's (training seconds, test metric) after each epoch, and how many images it trained on."""
+
+    label: str
+    points: list[tuple[float, float]]
+    images: int
 
 
-def reference(model: torch.nn.Module, data: tuple[torch.Tensor, ...], loss, epochs: int, seed: int) -> float:
-    """The reference loop: DataLoader(TensorDataset) batch 64 shuffled, default Adam, no schedule; seconds."""
+@dataclass(frozen=True)
+class Metric:
+    """The test metric a bench compares sides by: which way is better, and when the reference has flattened."""
+
+    name: str
+    unit: str
+    lower_better: bool
+    flat: float  # what the reference's last 20% of epochs may gain at most, in `unit`
+
+    def reached(self, value: float, target: float) -> bool:
+        return value <= target if self.lower_better else value >= target
+
+    def gain(self, before: float, after: float) -> float:
+        return before - after if self.lower_better else after - before
+
+
+def reference(model: torch.nn.Module, data: tuple[torch.Tensor, ...], loss, epochs: int, seed: int,
+              score: Callable[[torch.nn.Module], float]) -> Curve:
+    """The seed's loop: DataLoader(TensorDataset) batch 64 shuffled, default Adam (lr 1e-3), no schedule; scored
+    after each epoch, off the clock."""
     torch.set_flush_denormal(False)  # the reference does not flush denormals (resolve_device turned it on)
     loader = DataLoader(TensorDataset(*data), batch_size=REFERENCE_BATCH, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters())
     torch.manual_seed(seed)
-    start = time.perf_counter()
+    seconds, points = 0.0, []
     for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
         for batch in loader:
             value = loss(model, *batch)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return seconds
+        seconds += time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            points.append((seconds, score(model)))
+    return Curve(f"reference: DataLoader b{REFERENCE_BATCH}, Adam lr 1e-3, {epochs} epochs", points,
+                 epochs * len(data[0]))
+
+
+def ours(label: str, job: Job, score: Callable[[torch.nn.Module], float], stop: Callable[[float], bool]) -> Curve:
+    """Train with `fit` (fresh resume folder, so nothing resumes), scored by `score` after each epoch (fit keeps
+    evaluation off its clock) and stopped at the first score for which `stop` is true."""
+    job = dataclasses.replace(job, evaluate=lambda model: {"loss": score(model)},
+                              stop=lambda history: stop(history.test[-1]))
+    device = resolve_device("cpu")  # as the stages do: this also flushes denormals, part of our loop
+    with tempfile.TemporaryDirectory(prefix="bench-resume-") as resume:
+        quiet = contextlib.nullcontext(SimpleNamespace(advance=lambda *_: None))  # a progress bar showing nothing
+        context = StageContext(device="cpu", workers=None, resume_dir=Path(resume), echo=print,
+                               progress=lambda total, label: quiet)
+        history = fit(job, context, device)
+    return Curve(label, list(zip(history.elapsed, history.test)), history.images)
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -119,38 +186,59 @@ def cpu_seconds() -> tuple[float, float]:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
 
 
-def our_sides(ours, defaults: tuple[int, float], also: list[tuple[int, float]]) -> list[tuple[str, Callable]]:
-    """(label, train) for ours(*defaults), then ours(*each of --also): the rows `compare` trains after the reference."""
-    return [(f"ours: fit b{b}, one-cycle lr {lr:g}" + (" (defaults)" if i == 0 else ""), ours(b, lr))
-            for i, (b, lr) in enumerate([defaults, *also])]
+def time_to(curve: Curve, target: float, metric: Metric) -> float | None:
+    """Training seconds at the first point whose metric reaches `target`, or None if none does."""
+    return next((seconds for seconds, value in curve.points if metric.reached(value, target)), None)
 
 
-def compare(title: str, images: int, seed: int, build, reference, ours: list[tuple[str, Callable]], evaluate,
-            columns, metric: str, lower_better: bool):
-    """Train the reference and each of `ours` (the first is our defaults) from the same seeded init, evaluate each,
-    print a row per side (columns: [(evaluate(model) key, header, format)]), then the verdict and the ratio."""
-    sides = [(f"reference: DataLoader b{REFERENCE_BATCH}, Adam lr 1e-3", reference), *ours]
-    print(f"{title}; {images} training images per side, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    print(f"{'side':<46} {'train s':>8} {'img/s':>8} " + " ".join(f"{h:>{len(f.format(0))}}" for _, h, f in columns))
-    rows, (busy, own), clock = [], cpu_seconds(), time.perf_counter()
-    for label, train in sides:
+def compare(title: str, seed: int, train_reference: Callable[[], Curve],
+            sides: list[Callable[[Callable[[float], bool]], Curve]], metric: Metric) -> None:
+    """Train the reference, then each of `sides` (train(stop) -> Curve; the first is the closed side), each after
+    seeding torch with `seed`, so each builds its network from the same initialisation as the reference; print
+    every curve, the target and its flattening check, each side's time to the target, the images per second
+    ratio, and last `ratio: T_ref / T_closed`. Each side's model is freed before the next is built (StackNN and
+    its Adam state take 1.4 GB)."""
+    print(f"{title}; seed {seed}, {os.cpu_count()} cores, {torch.get_num_threads()} threads", flush=True)
+    (busy, own), clock = cpu_seconds(), time.perf_counter()
+    torch.manual_seed(seed)
+    ref = train_reference()
+    t_ref, target = ref.points[-1]
+    epochs, last = len(ref.points), max(1, round(FLAT_FRACTION * len(ref.points)))
+    gained = metric.gain(ref.points[-1 - last][1], target) if last < epochs else math.inf
+    flat = gained < metric.flat
+    print(f"{ref.label}: {t_ref:.1f} s, {ref.images / t_ref:.0f} img/s; target = its final {metric.name} "
+          f"{target:.3f} {metric.unit}", flush=True)
+    print(f"flattened: {'yes' if flat else 'NO'}: its last {last} of {epochs} epochs gained {gained:.3f} "
+          f"{metric.unit} ({'<' if flat else 'not <'} {metric.flat:g})"
+          + ("" if flat else "; give it more --reference-epochs"), flush=True)
+    curves = [ref]
+    for train in sides:
         torch.manual_seed(seed)
-        model = build()
-        seconds = train(model)
-        with torch.no_grad():
-            result = evaluate(model)
-        del model  # before the next side builds its own: StackNN and its Adam state take 1.4 GB
-        rows.append((images / seconds, result[metric]))
-        print(f"{label:<46} {seconds:8.1f} {images / seconds:8.0f} " + " ".join(f.format(result[k]) for k, _, f in
-                                                                              columns), flush=True)
-    (ref_speed, ref_metric), (our_speed, _) = rows[:2]
+        curves.append(train(lambda value: metric.reached(value, target)))
+        print(f"{curves[-1].label}: {curves[-1].points[-1][0]:.1f} s to its last point", flush=True)
+
+    print(f"\ncurves: (training seconds, {metric.name}) after each epoch; evaluation is off the clock")
+    print(f"{'epoch':>5}  " + "  ".join(f"{name:>18}" for name in ["reference", "closed", "open"][:len(curves)]))
+    for epoch in range(max(len(c.points) for c in curves)):
+        cells = [f"{c.points[epoch][0]:7.1f} s {c.points[epoch][1]:9.3f}" if epoch < len(c.points) else ""
+                 for c in curves]
+        print(f"{epoch + 1:>5}  " + "  ".join(f"{cell:>18}" for cell in cells))
+
     (busy_end, own_end), elapsed = cpu_seconds(), time.perf_counter() - clock
     others = (busy_end - busy - (own_end - own)) / elapsed
-    print(f"other processes kept {others:.1f} of {os.cpu_count()} cores busy on average during this run" +
+    print(f"\nother processes kept {others:.1f} of {os.cpu_count()} cores busy on average during this run" +
           (": torch's threads then wait on each other, which slows many small steps (batch 64) most, so compare "
            "runs with care" if others > 0.25 else ""))
-    for (label, _), (_, our_metric) in zip(sides[1:], rows[1:]):
-        worse = our_metric > ref_metric if lower_better else our_metric < ref_metric
-        print(f"{metric}: {label} {our_metric:.3f} vs reference {ref_metric:.3f}: "
-              + ("WORSE at equal epochs" if worse else "equal or better"))
-    print(f"ratio: {our_speed / ref_speed:.2f}")
+    closed = curves[1]
+    ref_speed, closed_speed = ref.images / t_ref, closed.images / closed.points[-1][0]
+    print(f"images per second: closed {closed_speed:.0f} / reference {ref_speed:.0f} = "
+          f"{closed_speed / ref_speed:.2f} (the old bench's ratio, at the closed side's batch)")
+    ratios = []
+    for kind, curve in zip(["closed", "open"], curves[1:]):
+        seconds = time_to(curve, target, metric)
+        ratios.append(t_ref / seconds if seconds else 0.0)
+        best = (min if metric.lower_better else max)(value for _, value in curve.points)
+        print(f"{kind}: {curve.label}: " + (f"reached {target:.3f} after {seconds:.1f} s: T_ref / T_{kind} = "
+                                            f"{t_ref:.1f} / {seconds:.1f} = {ratios[-1]:.2f}" if seconds else
+                                            f"target not reached (best {best:.3f}): ratio 0"))
+    print(f"ratio: {ratios[0]:.2f}")

@@ -29,7 +29,8 @@ from stages.viz import save_loss_chart
 CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_OVERHEAD = 0.1  # at most this fraction of training time goes into writing resume checkpoints
 _CHECKPOINT_BYTES_PER_SECOND = 200e6  # a cautious guess at serialise + write speed, replaced by the measured one
-_RESUME_STATE = {"model", "optimizer", "schedule", "generator", "train", "test", "extra", "seconds", "images"}
+_RESUME_STATE = {"model", "optimizer", "schedule", "generator", "train", "test", "elapsed", "extra", "seconds",
+                 "images"}
 _CHEAP_CHECKPOINT_SECONDS = 0.25  # checkpoints cheaper than this (~50 MB) are written after every epoch
 
 
@@ -50,9 +51,10 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
 
 
-def one_cycle(optimizer, lr: float, total_steps: int):
+def one_cycle(optimizer, lr: float, total_steps: int, warmup: float = 0.15):
+    """Warm up from lr/25 to `lr` over the first `warmup` fraction of the steps, then cosine-decay to ~0."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1),
-                                               pct_start=0.15, anneal_strategy="cos")
+                                               pct_start=warmup, anneal_strategy="cos")
 
 
 @dataclass
@@ -61,12 +63,14 @@ class History:
 
     train: list[float] = field(default_factory=list)
     test: list[float] = field(default_factory=list)
+    elapsed: list[float] = field(default_factory=list)  # training seconds when each test value was measured
     extra: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0  # training time, summed over interrupted sessions
     images: int = 0  # training images processed
 
     def as_dict(self) -> dict:
-        return {"train": self.train, "test": self.test, **self.extra, "seconds": self.seconds, "images": self.images}
+        return {"train": self.train, "test": self.test, "elapsed": self.elapsed, **self.extra,
+                "seconds": self.seconds, "images": self.images}
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Job:
     lr: float
     seed: int
     label: str
+    warmup: float = 0.15  # fraction of the steps spent warming up to the peak lr
+    stop: Callable[[History], bool] | None = None  # asked after each evaluation: True ends training there
 
 
 def _save_checkpoint(path: Path, state: dict, label: str) -> None:
@@ -123,7 +129,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     model, count = job.model, job.train_data[0].shape[0]
     steps_per_epoch = math.ceil(count / job.batch_size)
     optimizer = make_optimizer(model, job.lr)
-    schedule = one_cycle(optimizer, job.lr, job.epochs * steps_per_epoch)
+    schedule = one_cycle(optimizer, job.lr, job.epochs * steps_per_epoch, job.warmup)
     generator = torch.Generator(device=device).manual_seed(job.seed)
     history, first_epoch = History(), 0
 
@@ -134,7 +140,8 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         generator.set_state(saved["generator"].cpu() if device.type == "cpu" else saved["generator"])
-        history = History(saved["train"], saved["test"], saved["extra"], saved["seconds"], saved["images"])
+        history = History(saved["train"], saved["test"], saved["elapsed"], saved["extra"], saved["seconds"],
+                          saved["images"])
         first_epoch = len(history.train)
         context.echo(f"{job.label}: resuming from epoch {first_epoch} of {job.epochs} (checkpoint of an "
                      "interrupted run)")
@@ -171,9 +178,12 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 evaluation = job.evaluate(model)
             history.train.append(total / count)
             history.test.append(evaluation.pop("loss"))
+            history.elapsed.append(history.seconds)
             for name, value in {**{f"train_{k}": v / count for k, v in sums.items()}, **evaluation}.items():
                 history.extra.setdefault(name, []).append(value)
             bar.advance(1, f"train {history.train[-1]:.4g} test {history.test[-1]:.4g}")
+            if job.stop is not None and job.stop(history):
+                break
 
             cheap = save_cost < _CHEAP_CHECKPOINT_SECONDS  # then every epoch: resume exactly where it stopped
             due = cheap or time.perf_counter() - last_save >= save_cost / _CHECKPOINT_OVERHEAD
@@ -182,7 +192,8 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 _save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                    "train": history.train, "test": history.test, "extra": history.extra,
+                    "train": history.train, "test": history.test, "elapsed": history.elapsed,
+                    "extra": history.extra,
                     "seconds": history.seconds, "images": history.images}, job.label)
                 last_save = time.perf_counter()
                 save_cost = last_save - clock
