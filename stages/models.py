@@ -1,15 +1,18 @@
 """The networks: the reference FC VAE, a convolutional VAE, the reference StackNN colorizer and a small conv one.
 
 Every model is rebuilt from plain values (`build_vae(arch, size, channels, latent_dim)`), so a checkpoint is a
-state_dict plus those values and loads with `torch.load(..., weights_only=True)`.
+state_dict plus those values (stages.checkpoints). The helpers at the end apply a trained model in bounded-memory
+slices, for every stage that uses one.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.luma import LUMA_WEIGHTS
+from stages.luma import exact_luma
 
 
 class FcVae(nn.Module):
@@ -53,7 +56,7 @@ class ConvVae(nn.Module):
     nearest-neighbour upsample to the encoder's size followed by a 3x3 conv, so 30 -> 15 -> 8 -> 4 and back.
     Widths double with depth, capped at 256. Upsample + conv rather than transposed convolutions: those left
     per-pixel grain in the samples (uneven kernel overlap), which the colorizer then faithfully kept; this
-    decoder's samples are smooth, and its test -ELBO on the default data is 2 nats lower.
+    decoder's samples are smooth, and its test -ELBO is lower (docs/decisions.md).
     """
 
     def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 16):
@@ -78,8 +81,8 @@ class ConvVae(nn.Module):
             if i < len(reversed_widths) - 2:  # the last layer outputs logits
                 up += [nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.decoder = nn.Sequential(*up)
-        # oneDNN runs these convolutions without a layout reorder around each one in channels-last: a training
-        # step measured 56 -> 41 ms. Flatten and view still read (C, H, W) order, so nothing else changes.
+        # oneDNN runs these convolutions without a layout reorder around each one in channels-last (faster; see
+        # docs/decisions.md). Flatten and view still read (C, H, W) order, so nothing else changes.
         self.to(memory_format=torch.channels_last)
 
     def encode(self, x):
@@ -127,8 +130,8 @@ class StackNN(nn.Module):
     def start_at(self, mean_color: torch.Tensor) -> None:
         """Make the untrained network output `mean_color` (3, S, S) rather than a flat sigmoid(0) gray.
 
-        A default run makes about 60 optimiser steps; spending the first of them discovering the average face is
-        a waste (seen as +0.1 dB PSNR and +0.02 SSIM at 4 epochs)."""
+        A default run makes few optimiser steps; spending the first of them discovering the average face is a
+        waste."""
         self.head[-1].bias.copy_(torch.logit(mean_color.clamp(0.01, 0.99)).flatten())
 
 
@@ -150,7 +153,7 @@ class ConvColorizer(nn.Module):
         self.up2 = block(6 * width, 2 * width)
         self.up1 = block(3 * width, width)
         self.out = nn.Conv2d(width, 3, 1)
-        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders; 8-20% faster steps
+        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         size = gray.shape[-2:]
@@ -166,12 +169,25 @@ def build_colorizer(arch: str, size: int) -> nn.Module:
     return StackNN(size) if arch == "stacknn" else ConvColorizer()
 
 
-def luma_of(color: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) with the shared BT.601 weights."""
-    weights = color.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-    return (color * weights).sum(1, keepdim=True)
+def map_in_slices(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, slice_size: int = 512):
+    """Apply `function` to `data` in slices along dim 0 (bounded memory) and concatenate."""
+    return torch.cat([function(data[i:i + slice_size]) for i in range(0, data.shape[0], slice_size)])
 
 
-def exact_luma(color: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
-    """Shift each pixel's three channels equally so its luma equals `gray` (weights sum to 1), before clipping."""
-    return color + (gray - luma_of(color))
+def decode_images(vae, z: torch.Tensor) -> torch.Tensor:
+    """Latent codes -> images in [0,1] (the decoder's mean), in bounded-memory slices."""
+    return torch.sigmoid(map_in_slices(vae.decode, z))
+
+
+def encode_means(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images -> the encoder's means μ, in bounded-memory slices."""
+    return map_in_slices(lambda x: vae.encode(x)[0], images)
+
+
+@torch.no_grad()
+def apply_colorizer(colorizer, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Color (B, 1, S, S) gray images; returns (clipped color, unclipped color) in [0,1] scale."""
+    color = map_in_slices(colorizer, gray, 256)
+    if exact:
+        color = exact_luma(color, gray)
+    return color.clamp(0, 1), color

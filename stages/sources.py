@@ -28,7 +28,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.parallel import batched, map_in_order
+from stages.parallel import chunked, map_in_order
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -122,7 +122,7 @@ def read_images(path: Path, size: int, crop: float = 1.0, workers: int | None = 
         batch_size = max(1, min(_MAX_BATCH, len(files) // (workers * 4)))  # big batches, yet all workers busy
     else:
         tasks, batch_size = _non_empty(_ARCHIVE_READERS[kind](path), path, looked_for), _ARCHIVE_BATCH
-    batches = map_in_order(partial(_decode_batch, size=size, crop=crop), batched(tasks, batch_size), workers)
+    batches = map_in_order(partial(_decode_batch, size=size, crop=crop), chunked(tasks, batch_size), workers)
     return (item for batch in batches for item in batch.items())
 
 
@@ -181,7 +181,7 @@ def _decode_task(task: _Task, size: int, crop: float, pixels: np.ndarray) -> tup
         if task.path is None:
             data = task.data
         else:
-            with open(task.path, "rb") as file:  # cheaper than Path.read_bytes, by 3% of a small JPEG's decode
+            with open(task.path, "rb") as file:  # cheaper than Path.read_bytes
                 data = file.read()
     except OSError as error:
         return "", f"unreadable file ({error.strerror or error})"
@@ -289,8 +289,8 @@ def _is_image_name(name: str) -> bool:
 
 def folder_files(folder: Path) -> list[tuple[str, os.DirEntry]]:
     """(relative posix name, entry) of every file under ``folder``, recursively, sorted by name so the order never
-    depends on the disk. Symlinked folders are not followed (as os.walk). scandir, not walk + join + stat: 4x
-    faster on 20,000 files, and the entry caches its stat for the cache fingerprint."""
+    depends on the disk. Symlinked folders are not followed (as os.walk). scandir, not walk + join + stat: one
+    pass, and the entry caches its stat for the cache fingerprint."""
     found, folders = [], [(os.fspath(folder), "")]
     while folders:
         directory, prefix = folders.pop()
