@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
 import torch  # noqa: E402
-from stages.colorize import evaluate_colorizer, mean_color_psnr, training_job  # noqa: E402
-from stages.metrics import colorfulness  # noqa: E402
+from stages.colorize import baselines, evaluate_colorizer, training_job  # noqa: E402
+from stages.metrics import colorfulness, psnr_ssim  # noqa: E402
 from stages.luma import luma_of  # noqa: E402
 from stages.models import build_colorizer  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     defaults = (params.batch_size, params.lr)
     sides = tb.our_sides(ours, defaults, args.also)
     sides.insert(1, (f"ours, plain MSE: b{defaults[0]}, colorfulness 0", ours(*defaults, colorfulness_weight=0.0)))
-    untrained = mean_color_psnr(color, gray_test, color_test)
+    untrained = psnr_ssim(baselines(gray, color, gray_test)["mean image"].numpy(), color_test.numpy())[0]
     tb.compare(f"StackNN colorizer, {params.epochs} epochs, {len(gray)} train / {len(gray_test)} test faces "
                f"(true colorfulness {colorfulness(color_test).mean():.1f}; with no training, the mean color at each "
                f"face's luma scores {untrained:.2f} dB)", len(gray) * params.epochs, params.seed, build, reference, sides,

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from stages.luma import LUMA_WEIGHTS
 
 _KR, _KG, _KB = LUMA_WEIGHTS
-CHROMA_STEP = 0.04  # side of one chroma bin (Cb, Cr span [-0.5, 0.5]): 26 x 26 cells, ~200 in use on faces
+CHROMA_STEP = 0.08  # side of one chroma bin (Cb, Cr span [-0.5, 0.5]): 13 x 13 cells, ~90 in use on faces
 REBALANCE_MIX = 0.5  # λ of Zhang et al.: weights ∝ 1 / ((1 - λ)·p̃ + λ/Q)
 REBALANCE_SIGMA = 1.25  # Gaussian smoothing of the bin frequencies, in bins (Zhang: σ=5 at their 10-unit bins)
 READOUT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean: between the mean (T=1, sepia) and the mode (T→0, noisy)
@@ -152,13 +152,16 @@ class GlobalUNet(nn.Module):
         self.to(memory_format=torch.channels_last)  # oneDNN runs these convolutions without layout reorders
 
     def features(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, S, S) gray [, (B,) tag index] -> (B, 2 or Q, S, S) chroma or class logits."""
+        """(B, 1, S, S) gray [, (B,) tag index] -> (B, 2 or Q, S, S) chroma or class logits. A conditioned
+        network given no tags reads them as index 0, "no tag", which it learned from untagged training images."""
         size = gray.shape[-2:]
         a = self.inner(gray)  # (B, W, S, S)
         b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
         c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
         pooled = c.mean((2, 3))  # (B, 4W)
         if self.conditions:
+            if condition is None:
+                condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
             pooled = torch.cat([pooled, F.one_hot(condition, self.conditions).to(pooled)], 1)
         c = c + self.global_mix(pooled)[:, :, None, None]
         b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))

@@ -106,3 +106,17 @@ def color_error_auc(output: np.ndarray, target: np.ndarray, max_error: float = C
     ab_true = rgb2lab(_to_hwc(target).astype(np.float64))[..., 1:]
     error = np.sqrt(((ab_out - ab_true) ** 2).sum(-1))
     return float(100 * (1 - np.minimum(error, max_error) / max_error).mean())
+
+
+def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int) -> torch.nn.Module:
+    """Multinomial logistic regression on pixels: a simple, independent judge of what an image shows."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(images[0].numel(), classes).to(images.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    flat = images.flatten(1)
+    for _ in range(150):
+        loss = F.cross_entropy(model(flat), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
