@@ -48,7 +48,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="colorize", version=6, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
-        describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_color,
+        describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),
+        skip_reason=_nothing_to_color,
         summary="a trained colorizer (gray -> color) and its test metrics and test grid",
     ),
     StageSpec(
