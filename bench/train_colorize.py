@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
 import torch  # noqa: E402
-from stages.colorize import evaluate_colorizer, mean_color_psnr, training_job  # noqa: E402
+from stages.colorize import baselines, evaluate_colorizer, training_job  # noqa: E402
+from stages.metrics import psnr_ssim  # noqa: E402
 from stages.luma import luma_of  # noqa: E402
 from stages.models import build_colorizer  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
@@ -78,7 +79,7 @@ def main() -> None:
         return tb.ours(f"stage defaults: StackNN + colorfulness {params.colorfulness_weight:g}, exact luma, {recipe}",
                        job, lambda model: score(model, params.exact_luma), stop)
 
-    untrained = mean_color_psnr(color, gray_test, color_test)
+    untrained = psnr_ssim(baselines(gray, color, gray_test)["mean image"].numpy(), color_test.numpy())[0]
     tb.compare(f"StackNN colorizer: {len(gray)} train / {len(gray_test)} test faces (with no training, the mean "
                f"color at each face's luma scores {untrained:.2f} dB)", params.seed, reference,
                [closed] if args.no_open else [closed, stage_defaults], PSNR)

@@ -34,9 +34,13 @@ class ColorizerConfig:
     arch: str
     size: int
     exact_luma: bool  # the colorizer's outputs are shifted to the input's luma (stages.luma.exact_luma)
+    classes: int = 0  # chroma classes of a `classify` colorizer; 0 = it predicts chroma directly
+    condition: str = ""  # the tag column it reads, if conditioned
+    condition_values: tuple[str, ...] = ()  # that column's values; index i + 1 is value i, index 0 is "no tag"
 
     def build(self) -> torch.nn.Module:
-        return build_colorizer(self.arch, self.size)
+        conditions = len(self.condition_values) + 1 if self.condition else 0
+        return build_colorizer(self.arch, self.size, self.classes, conditions)
 
 
 def save_model(path: Path, model: torch.nn.Module, config: VaeConfig | ColorizerConfig) -> None:

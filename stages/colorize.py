@@ -11,17 +11,19 @@ at batch 128 it learned nothing in the default epochs. docs/decisions.md has the
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
 
 from stages import metrics as m
 from stages.checkpoints import MODEL, ColorizerConfig, save_model
-from stages.contract import StageContext
+from stages.colorizers import ChromaBins, GlobalUNet, LumaBaseline, classify_loss, color_from
+from stages.contract import StageContext, StageError
 from stages.luma import exact_luma, luma_of
-from stages.models import StackNN, apply_colorizer, map_in_slices
+from stages.models import StackNN, apply_colorizer
 from stages.params import ColorizeParams
-from stages.prepared_set import load_prepared
+from stages.prepared_set import labels_file, load_prepared
 from stages.training import Job, fit, resolve_device, write_training_record
 from stages.viz import save_grid
 
@@ -38,72 +40,163 @@ def colorize_loss(color, target, gray, params: ColorizeParams):
                   "colorfulness_gap": colorfulness_gap.item()}
 
 
-def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: bool) -> dict:
-    color, unclipped = apply_colorizer(model, gray, exact)
-    psnr, ssim = m.psnr_ssim(color.cpu().numpy(), target.cpu().numpy())
+def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: bool,
+                       condition: torch.Tensor | None = None) -> dict:
+    color, unclipped = apply_colorizer(model, gray, exact, condition)
     inside = ((unclipped >= 0) & (unclipped <= 1)).all(1, keepdim=True)  # pixels that clipping left alone
     luma_error_unclipped = (luma_of(unclipped) - gray).pow(2)[inside]
-    return {
-        "psnr": psnr, "ssim": ssim,
-        "luma_mse": (luma_of(color) - gray).pow(2).mean().item(),
-        "luma_mse_before_clipping": luma_error_unclipped.mean().item() if luma_error_unclipped.numel() else 0.0,
-        "colorfulness_output": m.colorfulness(color).mean().item(),
-        "colorfulness_true": m.colorfulness(target).mean().item(),
-    }
+    return {**color_scores(color, gray, target),
+            "luma_mse_before_clipping": luma_error_unclipped.mean().item() if luma_error_unclipped.numel() else 0.0}
 
 
-def mean_color_psnr(train_color: torch.Tensor, test_gray: torch.Tensor, test_color: torch.Tensor) -> float:
-    """Test PSNR of the colorizer that ignores its input: the mean training color with each test image's luma put
-    in by exact_luma. A plain-MSE colorizer (colorfulness_weight 0) that does not beat it has learned nothing; the
-    colorful default trades some PSNR for color, so it may not."""
-    mean = train_color.mean(0, keepdim=True).expand(len(test_gray), -1, -1, -1)
-    color = exact_luma(mean, test_gray).clamp(0, 1)
-    return m.psnr_ssim(color.cpu().numpy(), test_color.cpu().numpy())[0]
+def color_scores(color: torch.Tensor, gray: torch.Tensor, target: torch.Tensor) -> dict:
+    """What the stage reports of any colorizer's (clipped) test colors, the baselines' included."""
+    psnr, ssim = m.psnr_ssim(color.cpu().numpy(), target.cpu().numpy())
+    colorfulness, true_colorfulness = m.colorfulness(color).mean().item(), m.colorfulness(target).mean().item()
+    return {"psnr": psnr, "ssim": ssim, "color_auc": m.color_error_auc(color.cpu().numpy(), target.cpu().numpy()),
+            "luma_mse": (luma_of(color) - gray).pow(2).mean().item(),
+            "colorfulness_output": colorfulness, "colorfulness_true": true_colorfulness,
+            "colorfulness_ratio": colorfulness / max(true_colorfulness, 1e-9)}
 
 
-def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, torch.Tensor],
-                 test: tuple[torch.Tensor, torch.Tensor]) -> Job:
-    """How the stage trains a colorizer on (gray, color) pairs; bench/train_colorize.py times exactly this."""
-    (gray, color), (gray_test, color_test) = train, test
+def baselines(gray_train: torch.Tensor, color_train: torch.Tensor, gray_test: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Test colors of the two colorizers that know only the average color: name -> (B, 3, S, S), clipped.
+
+    "mean image": the mean training face, shifted to each test image's luma (knows where on the face a pixel is).
+    "mean per luma": the mean training chroma of each gray level (knows how bright a pixel is). Which is stronger
+    depends on the set (aligned faces on a fixed background favour the first), so the stage reports the one
+    with the higher test PSNR: the harder bar."""
+    mean = color_train.mean(0, keepdim=True).expand(len(gray_test), -1, -1, -1)
+    return {"mean image": exact_luma(mean, gray_test).clamp(0, 1),
+            "mean per luma": LumaBaseline().fit(gray_train, color_train)(gray_test).clamp(0, 1)}
+
+
+def read_condition(prepared: Path, column: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """labels.csv column -> (its values, sorted; each image's index: value i -> i + 1, no tag -> 0). A cell
+    holding several values (a;b) counts as its first."""
+    path = labels_file(prepared)
+    if path is None:
+        raise StageError(f"colorize.condition={column} needs tags, but the prepared set {prepared} has no labels.csv: "
+                         "prepare with `pipeline prepare --labels tags.csv`, or leave colorize.condition empty")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if column not in (reader.fieldnames or []):
+            columns = ", ".join(c for c in reader.fieldnames or [] if c != "file") or "none"
+            raise StageError(f"colorize.condition={column}: {path} has no column {column!r} (its tag columns: "
+                             f"{columns}): pick one of them")
+        cells = [(row[column] or "").split(";")[0].strip() for row in reader]
+    values = tuple(sorted({cell for cell in cells if cell}))
+    return values, np.array([values.index(cell) + 1 if cell else 0 for cell in cells], dtype=np.int64)
+
+
+def tag_accuracy(color_train: torch.Tensor, tags_train: torch.Tensor, tags_test: torch.Tensor,
+                 colorized: dict[str, torch.Tensor], classes: int, seed: int) -> dict[str, float]:
+    """How often a pixel classifier trained on true-color training faces reads each test face's true tag back
+    from it: name -> accuracy over the tagged test faces."""
+    tagged = tags_train > 0
+    judge = m.train_pixel_classifier(color_train[tagged], tags_train[tagged] - 1, classes, seed)
+    shown = tags_test > 0
+    with torch.no_grad():
+        return {name: (judge(color[shown].flatten(1)).argmax(1) == tags_test[shown] - 1).float().mean().item()
+                for name, color in colorized.items()}
+
+
+def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None):
+    """(model, noisy gray, clean gray, true color[, tags]) -> (loss, its parts) for this colorizer and loss."""
+    if params.loss == "classify":
+        def objective(model, noisy, gray, target, *tags):
+            loss = classify_loss(model.features(noisy, *tags), target, model.bins, class_weights)
+            return loss, {"cross_entropy": loss.item()}
+    elif isinstance(model, GlobalUNet):  # chroma read from the noisy gray, added to the clean one
+        def objective(model, noisy, gray, target, *tags):
+            return colorize_loss(color_from(gray, model.chroma(model.features(noisy, *tags))), target, gray, params)
+    else:
+        def objective(model, noisy, gray, target):
+            return colorize_loss(model(noisy), target, gray, params)
+    return objective
+
+
+def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, ...], test: tuple[torch.Tensor, ...],
+                 class_weights: torch.Tensor | None = None) -> Job:
+    """How the stage trains a colorizer on (gray, color[, tag index]) tensors; bench/train_colorize.py times
+    exactly this. `class_weights` are the chroma classes' rebalancing weights of the `classify` loss."""
     if isinstance(model, StackNN):
-        model.start_at(color.mean(0))
+        model.start_at(train[1].mean(0))
+    objective = _objective(model, params, class_weights)
 
-    def batch_loss(model, x, y, generator):
+    def batch_loss(model, x, *rest, generator):
         noisy = x + params.noise_std * torch.randn(x.shape, generator=generator, device=x.device)
-        return colorize_loss(model(noisy.clamp(0, 1)), y, x, params)
+        return objective(model, noisy.clamp(0, 1), x, *rest)
 
     def evaluate(model):
-        loss, stats = colorize_loss(map_in_slices(model, gray_test, 256), color_test, gray_test, params)
-        return {"loss": loss.item(), **{f"test_{k}": v for k, v in stats.items()}}
+        total, sums = 0.0, {}
+        for part in zip(*(t.split(256) for t in test)):
+            loss, stats = objective(model, part[0], *part)
+            total += loss.item() * len(part[0])
+            for name, value in stats.items():
+                sums[name] = sums.get(name, 0.0) + value * len(part[0])
+        count = len(test[0])
+        return {"loss": total / count, **{f"test_{k}": v / count for k, v in sums.items()}}
 
-    return Job(model=model, train_data=(gray, color), batch_loss=batch_loss, evaluate=evaluate, epochs=params.epochs,
+    return Job(model=model, train_data=train, batch_loss=batch_loss, evaluate=evaluate, epochs=params.epochs,
                batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="colorize")
 
 
 def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    if params.arch == "stacknn" and (params.loss != "mse" or params.condition):
+        raise StageError("colorize.loss=classify and colorize.condition work with the conv colorizer only: add "
+                         "--set colorize.arch=conv")
     device = resolve_device(context.device)
     gray_np, train_index, test_index = load_prepared(inputs["prepare"], 1)
     color_np, _, _ = load_prepared(inputs["prepare"], 3)
     gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
-    torch.manual_seed(params.seed)
-    config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma)
-    model = config.build().to(device)
+    values, tags = (), None
+    if params.condition:
+        values, tag_np = read_condition(inputs["prepare"], params.condition)
+        tags = torch.from_numpy(tag_np).to(device)
     gray_train, color_train = gray[train_index], color[train_index]
     gray_test, color_test = gray[test_index], color[test_index]
-    job = training_job(model, params, (gray_train, color_train), (gray_test, color_test))
-    history = fit(job, context, device)
+    torch.manual_seed(params.seed)
+    bins, class_weights = ChromaBins.fit(color_train) if params.loss == "classify" else (None, None)
+    config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma,
+                             classes=len(bins.centers) if bins is not None else 0, condition=params.condition,
+                             condition_values=values)
+    model = config.build().to(device)
+    if bins is not None:
+        model.bins.load_state_dict(bins.state_dict())
+    train, test = (gray_train, color_train), (gray_test, color_test)
+    if tags is not None:
+        train, test = (*train, tags[train_index]), (*test, tags[test_index])
+    history = fit(training_job(model, params, train, test, class_weights), context, device)
     save_model(out_dir / MODEL, model, config)
 
-    results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)
-    results["colorfulness_ratio"] = results["colorfulness_output"] / max(results["colorfulness_true"], 1e-9)
-    results["mean_color_psnr"] = mean_color_psnr(color_train, gray_test, color_test)
-    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colorfulness gap)"))
+    tags_test = tags[test_index] if tags is not None else None
+    results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma, tags_test)
+    baseline_colors = baselines(gray_train, color_train, gray_test)
+    scored = {name: color_scores(colors, gray_test, color_test) for name, colors in baseline_colors.items()}
+    baseline = max(scored, key=lambda name: scored[name]["psnr"])
+    results["baseline"] = baseline
+    for key in ("psnr", "ssim", "color_auc", "colorfulness_ratio"):
+        results[f"baseline_{key}"] = scored[baseline][key]
+    results["psnr_margin"] = results["psnr"] - results["baseline_psnr"]
+    if tags is not None:
+        colorized = {"conditioned": apply_colorizer(model, gray_test, params.exact_luma, tags_test)[0],
+                     "true_color": color_test,
+                     "baseline": baseline_colors[baseline]}
+        accuracy = tag_accuracy(color_train, tags[train_index], tags_test, colorized, len(values), params.seed)
+        results.update({f"{params.condition}_accuracy_{name}": value for name, value in accuracy.items()})
+    results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colorfulness gap)"
+                                         if params.loss == "mse" else "colorize loss (rebalanced cross-entropy)"))
     shown = test_index[:TEST_GRID]
-    colored, _ = apply_colorizer(model, gray[shown], params.exact_luma)
+    colored, _ = apply_colorizer(model, gray[shown], params.exact_luma, tags[shown] if tags is not None else None)
     save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
               out_dir / "test_colorized.png")
-    results["headline"] = (f"test PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, luma MSE "
+    margin = results["psnr_margin"]
+    verdict = (f"beats the average-color baseline by {margin:.2f} dB" if margin > 0 else
+               f"does not beat the average-color baseline ({-margin:.2f} dB below it)")
+    results["headline"] = (f"{verdict}: test PSNR {results['psnr']:.2f} dB against {results['baseline_psnr']:.2f} "
+                           f"({baseline}), color AuC {results['color_auc']:.1f} against "
+                           f"{results['baseline_color_auc']:.1f}, SSIM {results['ssim']:.3f}, luma MSE "
                            f"{results['luma_mse']:.5f}, colorfulness ratio {results['colorfulness_ratio']:.2f}, "
                            f"{results['images_per_second']:.0f} img/s")
     return results
-

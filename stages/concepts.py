@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from stages import metrics as m
 from stages import prepared_set
 from stages.checkpoints import MODEL, load_colorizer, load_vae
 from stages.contract import Figure, StageContext, StageError, StageSkipped, write_figures
@@ -72,20 +72,6 @@ def edit_consistency(model, mu: torch.Tensor, vector: torch.Tensor) -> float:
     return (moved / (alphas * vector.norm())).mean().item()
 
 
-def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int) -> torch.nn.Module:
-    """Multinomial logistic regression on pixels: a simple, independent judge of what an image shows."""
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(images[0].numel(), classes).to(images.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
-    flat = images.flatten(1)
-    for _ in range(150):
-        loss = F.cross_entropy(model(flat), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, exact: bool, color: torch.Tensor,
                   train: np.ndarray, starts: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
     """For factor concepts: share of edited faces (α = LANDING_ALPHA) the pixel classifier assigns to the target."""
@@ -95,8 +81,8 @@ def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, 
         if len(values) < 2:
             continue
         label_of = np.stack([masks[v] for v in values]).argmax(0)
-        judge = train_pixel_classifier(color[train], torch.from_numpy(label_of[train]).to(color.device), len(values),
-                                       seed)
+        judge = m.train_pixel_classifier(color[train], torch.from_numpy(label_of[train]).to(color.device),
+                                         len(values), seed)
         for target, name in enumerate(values):
             if name not in concepts:
                 continue

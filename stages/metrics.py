@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from skimage.color import rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch.nn import functional as F
 
@@ -90,3 +91,32 @@ def colorfulness(images: torch.Tensor) -> torch.Tensor:
     spread = (rg.var(1, correction=0) + yb.var(1, correction=0) + tiny).sqrt()
     mean = (rg.mean(1) ** 2 + yb.mean(1) ** 2 + tiny).sqrt()
     return spread + 0.3 * mean
+
+
+COLOR_AUC_MAX_ERROR = 150.0  # Zhang et al. 2016 sweep ab-error thresholds from 0 to 150
+
+
+def color_error_auc(output: np.ndarray, target: np.ndarray, max_error: float = COLOR_AUC_MAX_ERROR) -> float:
+    """Zhang et al. (2016) per-pixel color error AuC, in percent: (N, 3, H, W) floats in [0,1] -> 0..100.
+
+    The fraction of pixels whose ab error (CIE Lab, skimage.color) is at most t, integrated over t in
+    [0, max_error] and divided by max_error. That integral has a closed form, the mean over pixels of
+    1 - min(error, max_error) / max_error, so no threshold grid is needed: a perfect colorizer scores 100."""
+    ab_out = rgb2lab(_to_hwc(output).astype(np.float64))[..., 1:]
+    ab_true = rgb2lab(_to_hwc(target).astype(np.float64))[..., 1:]
+    error = np.sqrt(((ab_out - ab_true) ** 2).sum(-1))
+    return float(100 * (1 - np.minimum(error, max_error) / max_error).mean())
+
+
+def train_pixel_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int) -> torch.nn.Module:
+    """Multinomial logistic regression on pixels: a simple, independent judge of what an image shows."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(images[0].numel(), classes).to(images.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    flat = images.flatten(1)
+    for _ in range(150):
+        loss = F.cross_entropy(model(flat), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -1,4 +1,5 @@
-"""The networks: the reference FC VAE, a convolutional VAE, the reference StackNN colorizer and a small conv one.
+"""The networks: the reference FC VAE, a convolutional VAE and the reference StackNN colorizer; the conv
+colorizer and its chroma classes are in stages.colorizers.
 
 Every model is rebuilt from plain values (`build_vae(arch, size, channels, latent_dim)`), so a checkpoint is a
 state_dict plus those values (stages.checkpoints). The helpers at the end apply a trained model in bounded-memory
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stages.colorizers import GlobalUNet
 from stages.luma import exact_luma
 
 
@@ -135,38 +137,12 @@ class StackNN(nn.Module):
         self.head[-1].bias.copy_(torch.logit(mean_color.clamp(0.01, 0.99)).flatten())
 
 
-class ConvColorizer(nn.Module):
-    """A small fully convolutional colorizer: a two-level U-Net predicting chroma added to the gray input.
-
-    Predicting the color as gray + a residual makes the easy part (brightness) free, and skip connections keep
-    edges sharp, so it needs a fraction of StackNN's parameters.
-    """
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        block = lambda c_in, c_out: nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
-                                                  nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
-                                                  nn.BatchNorm2d(c_out), nn.ReLU())
-        self.inner = block(1, width)
-        self.down = block(width, 2 * width)
-        self.bottom = block(2 * width, 4 * width)
-        self.up2 = block(6 * width, 2 * width)
-        self.up1 = block(3 * width, width)
-        self.out = nn.Conv2d(width, 3, 1)
-        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders
-
-    def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        size = gray.shape[-2:]
-        a = self.inner(gray)  # (B, W, S, S)
-        b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
-        c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
-        b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))
-        a = self.up1(torch.cat([a, F.interpolate(b, size=size, mode="nearest")], 1))
-        return torch.sigmoid(self.out(a) + torch.logit(gray.clamp(0.01, 0.99)))
-
-
-def build_colorizer(arch: str, size: int) -> nn.Module:
-    return StackNN(size) if arch == "stacknn" else ConvColorizer()
+def build_colorizer(arch: str, size: int, classes: int = 0, conditions: int = 0) -> nn.Module:
+    """StackNN, or the U-Net with a global branch (stages.colorizers) predicting chroma (classes=0) or logits
+    over `classes` chroma bins, conditioned on a tag with `conditions` values (0 = not conditioned)."""
+    if arch == "stacknn":
+        return StackNN(size)
+    return GlobalUNet(classes=classes, conditions=conditions)
 
 
 def map_in_slices(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, slice_size: int = 512):
@@ -185,9 +161,14 @@ def encode_means(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_colorizer(colorizer, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Color (B, 1, S, S) gray images; returns (clipped color, unclipped color) in [0,1] scale."""
-    color = map_in_slices(colorizer, gray, 256)
+def apply_colorizer(colorizer, gray: torch.Tensor, exact: bool,
+                    condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Color (B, 1, S, S) gray images, with each image's (B,) tag index for a conditioned colorizer; returns
+    (clipped color, unclipped color) in [0,1] scale."""
+    if condition is None:
+        color = map_in_slices(colorizer, gray, 256)
+    else:
+        color = torch.cat([colorizer(g, c) for g, c in zip(gray.split(256), condition.split(256))])
     if exact:
         color = exact_luma(color, gray)
     return color.clamp(0, 1), color

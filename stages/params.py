@@ -56,8 +56,12 @@ class VaeParams:
 @dataclass(frozen=True)
 class ColorizeParams:
     renamed: ClassVar[dict[str, str]] = {"colourfulness_weight": "colorfulness_weight"}  # old name -> new, one release
-    arch: str = param("stacknn", "stacknn: the reference network; conv: small fully convolutional colorizer",
+    arch: str = param("stacknn", "stacknn: the reference network; conv: small U-Net with a global branch",
                       choices=("stacknn", "conv"))
+    loss: str = param("mse", "mse: MSE + colorfulness gap; classify: rebalanced classes of chroma (conv only)",
+                      choices=("mse", "classify"))
+    condition: str = param("", "tag column of the prepared set's labels.csv the colorizer also reads, e.g. hair "
+                           "(conv only); empty = none")
     epochs: int = param(4, "passes over the training split", min=1)
     batch_size: int = param(64, "images per optimiser step", min=1)
     lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)

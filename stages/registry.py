@@ -47,13 +47,14 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=5, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        name="colorize", version=6, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
-        describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_color,
+        describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),
+        skip_reason=_nothing_to_color,
         summary="a trained colorizer (gray -> color) and its test metrics and test grid",
     ),
     StageSpec(
-        name="vae_color", version=3, params=NoParams, upstream=("prepare", "vae", "colorize"),
+        name="vae_color", version=4, params=NoParams, upstream=("prepare", "vae", "colorize"),
         run="stages.vae_color:run",
         figures=(Figure("samples_color.png", "the VAE's samples, colorized"),
                  Figure("reconstructions_color.png", "gray | VAE reconstruction | colorized | true color"),

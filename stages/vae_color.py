@@ -14,7 +14,7 @@ import torch
 from stages import metrics as m
 from stages import vae_outputs
 from stages.checkpoints import MODEL, VaeConfig, load_colorizer, read_config
-from stages.contract import StageContext, StageError
+from stages.contract import Figure, StageContext, StageError, write_figures
 from stages.luma import luma_of
 from stages.models import apply_colorizer
 from stages.params import NoParams
@@ -23,11 +23,27 @@ from stages.training import resolve_device
 from stages.viz import save_grid
 
 
-def _color_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:
-    """(..., 1, S, S) gray array -> (..., 3, S, S) color tensor, keeping the leading shape."""
+SAMPLES_PER_TAG = 8  # VAE samples in each row of samples_by_<tag>.png
+
+
+def _color_array(model, gray: np.ndarray, exact: bool, device, tag: int | None = None) -> torch.Tensor:
+    """(..., 1, S, S) gray array -> (..., 3, S, S) color tensor, keeping the leading shape; `tag` is the tag index
+    a conditioned colorizer is given for every image."""
     lead = gray.shape[:-3]
     flat = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32)).to(device).reshape(-1, *gray.shape[-3:])
-    return apply_colorizer(model, flat, exact)[0].reshape(*lead, 3, *gray.shape[-2:]).cpu()
+    condition = None if tag is None else torch.full((len(flat),), tag, dtype=torch.long, device=device)
+    return apply_colorizer(model, flat, exact, condition)[0].reshape(*lead, 3, *gray.shape[-2:]).cpu()
+
+
+def save_samples_by_tag(model, config, samples: np.ndarray, out_dir: Path, device) -> None:
+    """The same VAE samples colored once per value of the colorizer's tag, one row per value (row 0: no tag)."""
+    shown = samples[:SAMPLES_PER_TAG]
+    tags = range(len(config.condition_values) + 1)
+    rows = [_color_array(model, shown, config.exact_luma, device, tag) for tag in tags]
+    name = f"samples_by_{config.condition}.png"
+    save_grid(torch.cat(rows), len(shown), out_dir / name,
+              [f"{config.condition}: no tag"] + [f"{config.condition}={v}" for v in config.condition_values])
+    write_figures(out_dir, [Figure(name, f"the same VAE samples colored as each {config.condition} tag value")])
 
 
 def run(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
@@ -42,6 +58,8 @@ def run(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: Stage
 
     samples = _color_array(model, gray.samples, config.exact_luma, device)
     save_grid(samples, 8, out_dir / "samples_color.png")
+    if config.condition:
+        save_samples_by_tag(model, config, gray.samples, out_dir, device)
     interpolation = _color_array(model, gray.interpolation, config.exact_luma, device)
     save_grid(interpolation.flatten(0, 1), interpolation.shape[1], out_dir / "interpolation_color.png")
     traversal = _color_array(model, gray.traversal, config.exact_luma, device)

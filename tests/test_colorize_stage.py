@@ -20,8 +20,8 @@ from click.testing import Result
 import stages.colorize
 import stages.metrics
 import stages.vae
-from helpers import (cli, decoded_png, grid_size, interrupt_fit_after, latest_entry, metrics_of, must_not_run,
-                     read_manifest, succeeded)
+from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, interrupt_fit_after, latest_entry,
+                     metrics_of, must_not_run, read_manifest, succeeded)
 from stages import viz
 from stages.checkpoints import load_colorizer
 from stages.luma import exact_luma
@@ -77,7 +77,8 @@ def test_colorize_metrics_are_finite(trained):
     outputs, _ = trained
     metrics = metrics_of(latest_entry(outputs, "colorize"))
 
-    for name in ("psnr", "ssim", "luma_mse", "colorfulness_ratio", "luma_mse_before_clipping", "mean_color_psnr"):
+    for name in ("psnr", "ssim", "luma_mse", "colorfulness_ratio", "luma_mse_before_clipping", "color_auc",
+                 "baseline_psnr", "baseline_color_auc", "psnr_margin"):
         assert math.isfinite(metrics[name]), name
     prepared = latest_entry(outputs, "prepare")
     test_color = np.load(prepared / "color.npy")[np.load(prepared / "split.npz")["test"]] / 255
@@ -85,6 +86,12 @@ def test_colorize_metrics_are_finite(trained):
     flat_gray_psnr = (10 * np.log10(1 / ((test_color - 0.5) ** 2).mean((1, 2, 3)))).mean()
     assert metrics["psnr"] > flat_gray_psnr, (metrics["psnr"], flat_gray_psnr)
     assert -1 <= metrics["ssim"] <= 1 and metrics["epochs"] == 4
+    assert metrics["psnr_margin"] == pytest.approx(metrics["psnr"] - metrics["baseline_psnr"])
+    verdict = "beats" if metrics["psnr_margin"] > 0 else "does not beat"
+    assert metrics["headline"].startswith(f"{verdict} the average-color baseline")
+    assert metrics["baseline"] in ("mean image", "mean per luma")
+    assert 0 <= metrics["luma_mse"] < 1 and metrics["colorfulness_ratio"] >= 0
+    assert metrics["epochs"] == 4 and metrics["parameters"] > 0
     assert read_manifest(latest_entry(outputs, "colorize"))["metrics"] == metrics
 
 
@@ -171,17 +178,20 @@ def test_colorfulness_term_pulls_a_washed_out_output_towards_vivid():
 # ----- exact luma ------------------------------------------------------------------------------------------------------
 
 
-def test_mean_color_baseline_is_exact_only_where_every_image_has_the_mean_color():
+def test_mean_image_baseline_is_exact_only_where_every_image_has_the_mean_color():
     rng = np.random.default_rng(0)
     train = torch.from_numpy(rng.uniform(0.2, 0.8, (6, 3, SIDE, SIDE)).astype(np.float32))
+    train_gray = sum(w * train[:, c:c + 1] for c, w in enumerate(BT601))
     mean = train.mean(0, keepdim=True)
     luma_of_mean = sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))
     same = mean.repeat(2, 1, 1, 1)
-    assert stages.colorize.mean_color_psnr(train, luma_of_mean.repeat(2, 1, 1, 1), same) > 60
+    colors = stages.colorize.baselines(train_gray, train, luma_of_mean.repeat(2, 1, 1, 1))["mean image"]
+    assert stages.metrics.psnr_ssim(colors.numpy(), same.numpy())[0] > 60
 
     different = torch.from_numpy(rng.uniform(0, 1, (2, 3, SIDE, SIDE)).astype(np.float32))
     gray = sum(w * different[:, c:c + 1] for c, w in enumerate(BT601))
-    baseline = stages.colorize.mean_color_psnr(train, gray, different)
+    colors = stages.colorize.baselines(train_gray, train, gray)["mean image"]
+    baseline = stages.metrics.psnr_ssim(colors.numpy(), different.numpy())[0]
     shifted = (mean + gray - sum(w * mean[:, c:c + 1] for c, w in enumerate(BT601))).clamp(0, 1)
     by_hand = np.mean([10 * math.log10(1 / float((s - d).pow(2).mean())) for s, d in zip(shifted, different)])
     assert baseline == pytest.approx(by_hand, abs=1e-3) and baseline < 30
@@ -301,3 +311,48 @@ def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipel
     model, config = load_colorizer(entry / "model.pt", torch.device("cpu"))
     with torch.no_grad():
         assert model(torch.rand(2, 1, SIDE, SIDE)).shape == (2, 3, SIDE, SIDE)
+
+
+# ----- the classify loss and conditioning on a tag ---------------------------------------------------------------------
+
+
+def test_hair_conditioned_classify_colorizer_reports_tag_accuracy_and_colors_samples_per_hair(
+        trained, copy_of, pipeline, outputs):
+    copy_of(trained[0])
+
+    succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH, "--set", "colorize.arch=conv",
+                       "--set", "colorize.loss=classify", "--set", "colorize.condition=hair"))
+
+    metrics = metrics_of(latest_entry(outputs, "colorize"))
+    for name in ("conditioned", "true_color", "baseline"):
+        assert 0 <= metrics[f"hair_accuracy_{name}"] <= 1, name
+    _, config = load_colorizer(latest_entry(outputs, "colorize") / "model.pt", torch.device("cpu"))
+    assert config.classes > 1
+    assert config.condition == "hair" and len(config.condition_values) >= 2
+    assert metrics["luma_mse_before_clipping"] <= 1e-6, "chroma added to the gray input keeps its luma exactly"
+    grid = decoded_png(latest_entry(outputs, "vae_color") / "samples_by_hair.png")
+    assert grid.size[1] == expected_grid_size(len(config.condition_values) + 1, 8)[1], "a row per hair, and no tag"
+
+
+@pytest.mark.parametrize("setting, mentions", [
+    (("colorize.condition=nosuchtag",), ("colorize.condition=nosuchtag", "labels.csv", "hair")),
+    (("colorize.arch=stacknn", "colorize.loss=classify"), ("colorize.arch=conv",)),
+])
+def test_a_colorizer_setting_that_cannot_work_is_one_clear_line(trained, copy_of, pipeline, setting, mentions):
+    copy_of(trained[0])
+    conv = () if "colorize.arch=stacknn" in setting else ("--set", "colorize.arch=conv")
+
+    result = pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH, *conv,
+                      *(arg for s in setting for arg in ("--set", s)))
+
+    assert_one_clear_error_line(result, *mentions)
+
+
+def test_condition_on_a_set_without_labels_is_one_clear_line(make_folder, pipeline):
+    succeeded(pipeline("prepare", "--source", make_folder(12), "--count", "all", "--size", str(SIDE),
+                       "--test-fraction", "0.25"))
+
+    result = pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH, "--set", "colorize.arch=conv",
+                      "--set", "colorize.condition=hair")
+
+    assert_one_clear_error_line(result, "colorize.condition=hair", "no labels.csv", "--labels")

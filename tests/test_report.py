@@ -257,7 +257,7 @@ def test_a_stage_with_several_entries_lists_the_earlier_ones(report):
 def test_entry_folders_start_with_a_readable_label_of_their_parameters(report):
     outputs, _, _ = report
 
-    expected = {"prepare": r"embedded-n48-s12", "vae": r"fc-z10-e2", "colorize": r"conv-e1",
+    expected = {"prepare": r"embedded-n48-s12", "vae": r"fc-z10-e2", "colorize": r"conv-mse-e1",
                 "vae_color": r"vae-colored", "concepts": r"min10"}
     for stage_name, label in expected.items():
         name = latest_entry(outputs, stage_name).name

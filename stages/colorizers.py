@@ -1,0 +1,183 @@
+"""Colorizers that must beat the average color: the per-luma baseline, a U-Net with a global branch, and
+Zhang et al.'s (2016) classification over quantised chroma with class rebalancing and an annealed-mean readout.
+
+Color is split into the gray input and a chroma the network predicts, in BT.601 YCbCr: its Y is exactly our
+luma (stages.luma), and RGB is linear in (Y, Cb, Cr), so any predicted chroma added to the gray input has
+exactly the input's luma before clipping. That makes the `classify` loss "always combined with exact luma" by
+construction, and lets the baseline and both losses share one conversion.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stages.luma import LUMA_WEIGHTS
+
+_KR, _KG, _KB = LUMA_WEIGHTS
+CHROMA_STEP = 0.08  # side of one chroma bin (Cb, Cr span [-0.5, 0.5]): 13 x 13 cells, ~90 in use on faces
+REBALANCE_MIX = 0.5  # λ of Zhang et al.: weights ∝ 1 / ((1 - λ)·p̃ + λ/Q)
+REBALANCE_SIGMA = 1.25  # Gaussian smoothing of the bin frequencies, in bins (Zhang: σ=5 at their 10-unit bins)
+READOUT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean: between the mean (T=1, sepia) and the mode (T→0, noisy)
+LUMA_BINS = 32  # gray levels of the per-luma baseline
+
+
+def chroma_of(color: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 2, H, W) BT.601 (Cb, Cr), each in [-0.5, 0.5] for RGB in [0,1]."""
+    red, green, blue = color.unbind(1)
+    luma = _KR * red + _KG * green + _KB * blue
+    return torch.stack([(blue - luma) / (2 * (1 - _KB)), (red - luma) / (2 * (1 - _KR))], 1)
+
+
+def color_from(gray: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma + (B, 2, H, W) chroma -> (B, 3, H, W) RGB whose luma is exactly `gray` (not clipped)."""
+    luma = gray[:, 0]
+    red = luma + 2 * (1 - _KR) * chroma[:, 1]
+    blue = luma + 2 * (1 - _KB) * chroma[:, 0]
+    green = (luma - _KR * red - _KB * blue) / _KG
+    return torch.stack([red, green, blue], 1)
+
+
+class LumaBaseline(nn.Module):
+    """The colorizer that ignores everything but each pixel's own gray level: the mean training chroma of pixels
+    of that luma (LUMA_BINS bins), added to the gray input. Skin-bright pixels get skin color, dark ones hair or
+    outline color, whatever their position or the rest of the face."""
+
+    def __init__(self, bins: int = LUMA_BINS):
+        super().__init__()
+        self.register_buffer("chroma", torch.zeros(bins, 2))
+
+    @torch.no_grad()
+    def fit(self, gray: torch.Tensor, color: torch.Tensor) -> LumaBaseline:
+        bins = len(self.chroma)
+        index = _luma_bin(gray, bins).flatten()
+        chroma = chroma_of(color).permute(1, 0, 2, 3).flatten(1)  # (2, N*H*W)
+        counts = torch.bincount(index, minlength=bins).clamp(min=1).to(chroma.dtype)
+        for channel in range(2):
+            self.chroma[:, channel] = torch.bincount(index, chroma[channel], minlength=bins) / counts
+        return self
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        chroma = self.chroma[_luma_bin(gray, len(self.chroma))]  # (B, 1, H, W, 2)
+        return color_from(gray, chroma[:, 0].permute(0, 3, 1, 2))
+
+
+def _luma_bin(gray: torch.Tensor, bins: int) -> torch.Tensor:
+    return (gray * bins).long().clamp(0, bins - 1)
+
+
+class ChromaBins(nn.Module):
+    """The quantised chroma plane: bin centers in use, each training pixel's class, and rebalancing weights.
+
+    Only bins that training pixels fall in become classes; a chroma outside them goes to the nearest class.
+    The centers are a buffer, so a saved colorizer carries its own readout."""
+
+    def __init__(self, classes: int, step: float = CHROMA_STEP):
+        super().__init__()
+        self.step = step
+        self.side = round(1 / step) + 1
+        self.register_buffer("centers", torch.zeros(classes, 2))  # (Q, 2) chroma of each class
+        self.register_buffer("cell_class", torch.zeros(self.side * self.side, dtype=torch.long))
+
+    @classmethod
+    def fit(cls, color: torch.Tensor, step: float = CHROMA_STEP) -> tuple[ChromaBins, torch.Tensor]:
+        """Bins from training colors (N, 3, H, W); returns them and the rebalancing weight of each class (Q,)."""
+        side = round(1 / step) + 1
+        cells = _chroma_cell(chroma_of(color), step, side)
+        frequency = torch.bincount(cells.flatten(), minlength=side * side).to(color.dtype)
+        used = frequency.nonzero()[:, 0]
+        bins = cls(len(used), step).to(color.device)
+        grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).flatten(0, 1)
+        grid_chroma = (grid.to(color) * step - 0.5)  # (side*side, 2): center chroma of every cell
+        bins.centers.copy_(grid_chroma[used])
+        bins.cell_class.copy_(torch.cdist(grid_chroma, bins.centers).argmin(1))
+        smoothed = _smooth(frequency.view(side, side), REBALANCE_SIGMA).flatten()[used]
+        smoothed = smoothed / smoothed.sum()
+        weights = 1 / ((1 - REBALANCE_MIX) * smoothed + REBALANCE_MIX / len(used))
+        probability = frequency[used] / frequency[used].sum()
+        return bins, weights / (probability * weights).sum()  # normalised so the expected weight is 1
+
+    def classes(self, color: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB -> (B, H, W) class of each pixel's chroma."""
+        return self.cell_class[_chroma_cell(chroma_of(color), self.step, self.side)]
+
+    def readout(self, logits: torch.Tensor, temperature: float = READOUT_TEMPERATURE) -> torch.Tensor:
+        """(B, Q, H, W) logits -> (B, 2, H, W) chroma: the annealed mean of the class distribution."""
+        weights = torch.softmax(logits / temperature, 1)
+        return torch.einsum("bqhw,qc->bchw", weights, self.centers)
+
+
+def _chroma_cell(chroma: torch.Tensor, step: float, side: int) -> torch.Tensor:
+    """(B, 2, H, W) chroma -> (B, H, W) index of its grid cell (row = Cb, column = Cr)."""
+    cell = torch.round((chroma + 0.5) / step).long().clamp(0, side - 1)
+    return cell[:, 0] * side + cell[:, 1]
+
+
+def _smooth(grid: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = int(3 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=grid.dtype, device=grid.device)
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(grid[None, None], kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))[0, 0]
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class GlobalUNet(nn.Module):
+    """A two-level U-Net whose bottleneck also sees the whole face (Iizuka et al. 2016), and optionally a tag.
+
+    The global branch average-pools the bottleneck into one vector, mixes it (with a one-hot tag, if
+    conditioned) through a small MLP and adds it to every bottleneck position, so a pixel's color can depend on
+    the whole face (hair hue is one choice for the whole head). The head predicts chroma: two values (`mse`)
+    or logits over the chroma bins (`classify`, read out by `bins`). Either way the output's luma is the gray
+    input exactly (see the module docstring).
+    """
+
+    def __init__(self, classes: int = 0, conditions: int = 0, width: int = 32):
+        super().__init__()
+        self.conditions = conditions
+        self.inner = _block(1, width)
+        self.down = _block(width, 2 * width)
+        self.bottom = _block(2 * width, 4 * width)
+        self.global_mix = nn.Sequential(nn.Linear(4 * width + conditions, 4 * width), nn.ReLU(),
+                                        nn.Linear(4 * width, 4 * width))
+        self.up2 = _block(6 * width, 2 * width)
+        self.up1 = _block(3 * width, width)
+        self.head = nn.Conv2d(width, classes or 2, 1)
+        self.bins = ChromaBins(classes) if classes else None
+        self.to(memory_format=torch.channels_last)  # oneDNN runs these convolutions without layout reorders
+
+    def features(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, S, S) gray [, (B,) tag index] -> (B, 2 or Q, S, S) chroma or class logits. A conditioned
+        network given no tags reads them as index 0, "no tag", which it learned from untagged training images."""
+        size = gray.shape[-2:]
+        a = self.inner(gray)  # (B, W, S, S)
+        b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
+        c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
+        pooled = c.mean((2, 3))  # (B, 4W)
+        if self.conditions:
+            if condition is None:
+                condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+            pooled = torch.cat([pooled, F.one_hot(condition, self.conditions).to(pooled)], 1)
+        c = c + self.global_mix(pooled)[:, :, None, None]
+        b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))
+        a = self.up1(torch.cat([a, F.interpolate(b, size=size, mode="nearest")], 1))
+        return self.head(a)
+
+    def chroma(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's output -> (B, 2, S, S) chroma."""
+        return self.bins.readout(features) if self.bins is not None else 0.5 * torch.tanh(features)
+
+    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        return color_from(gray, self.chroma(self.features(gray, condition)))
+
+
+def classify_loss(logits: torch.Tensor, target: torch.Tensor, bins: ChromaBins, weights: torch.Tensor):
+    """Zhang et al.'s rebalanced per-pixel cross-entropy over chroma classes: (B, Q, H, W) logits, (B, 3, H, W)
+    true color. Each pixel's term is weighted by its true class's weight, so rare (vivid) colors count more."""
+    classes = bins.classes(target)  # (B, H, W)
+    return (F.cross_entropy(logits, classes, reduction="none") * weights[classes]).mean()

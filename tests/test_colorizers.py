@@ -1,0 +1,147 @@
+"""The colorizers that must beat the average color: color error AuC, the per-luma baseline, the classify loss and
+conditioning on a tag, each on a few generated images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2lab
+
+from stages.colorizers import (ChromaBins, GlobalUNet, LumaBaseline, chroma_of, classify_loss, color_from)
+from stages.metrics import color_error_auc
+
+BT601 = (0.299, 0.587, 0.114)
+SIDE = 8
+
+
+def random_color(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(count, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+def luma(color: torch.Tensor) -> torch.Tensor:
+    return sum(w * color[:, c:c + 1] for c, w in enumerate(BT601))
+
+
+# ----- color error AuC ------------------------------------------------------------------------------------------------
+
+
+def test_color_auc_of_a_perfect_colorizer_is_100_percent():
+    color = random_color(4).numpy()
+
+    assert color_error_auc(color, color) == pytest.approx(100.0, abs=1e-9)
+
+
+def test_color_auc_of_the_baseline_equals_a_threshold_sweep_done_by_hand():
+    train, test = random_color(12, seed=1), random_color(3, seed=2)
+    baseline = LumaBaseline().fit(luma(train), train)
+    output = baseline(luma(test)).clamp(0, 1).numpy()
+
+    auc = color_error_auc(output, test.numpy())
+
+    ab = lambda images: rgb2lab(images.transpose(0, 2, 3, 1).astype(np.float64))[..., 1:]
+    error = np.linalg.norm(ab(output) - ab(test.numpy()), axis=-1).ravel()
+    thresholds = np.linspace(0, 150, 15001)
+    fraction_within = (error[None, :] <= thresholds[:, None]).mean(1)
+    by_hand = 100 * np.sum((fraction_within[1:] + fraction_within[:-1]) / 2 * np.diff(thresholds)) / 150
+    assert auc == pytest.approx(by_hand, abs=0.01)
+    assert 20 < auc < 99, "random colors are neither perfectly nor hopelessly guessed"
+
+
+# ----- chroma and the per-luma baseline -------------------------------------------------------------------------------
+
+
+def test_any_chroma_added_to_gray_keeps_its_luma_and_chroma_round_trips():
+    color, gray = random_color(4), random_color(4, seed=3)[:, :1]
+    chroma = torch.rand(4, 2, SIDE, SIDE) - 0.5
+
+    assert torch.allclose(luma(color_from(gray, chroma)), gray, atol=1e-6)
+    assert torch.allclose(color_from(luma(color), chroma_of(color)), color, atol=1e-6)
+
+
+def test_luma_baseline_paints_the_mean_training_chroma_of_each_gray_level():
+    dark, bright = torch.tensor([0.30, 0.10, 0.05]), torch.tensor([0.40, 0.85, 0.95])  # luma 0.15 and 0.73
+    tint = torch.tensor([0.587, -0.299, 0.0]) * 0.05  # no luma of its own: both tints share dark's gray level
+    train = torch.stack([dark + tint, dark - tint, bright, bright])[:, :, None, None].expand(-1, -1, SIDE, SIDE)
+
+    output = LumaBaseline().fit(luma(train), train)(luma(train[1:3]))
+
+    assert torch.allclose(output[0], dark[:, None, None].expand(3, SIDE, SIDE), atol=2e-3), "the two tints average"
+    assert torch.allclose(output[1], bright[:, None, None].expand(3, SIDE, SIDE), atol=1e-5)
+
+
+# ----- classify loss and conditioning ---------------------------------------------------------------------------------
+
+
+def two_tinted_sets(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gray textures of one distribution whose chroma is set by a tag: tag 1 bluish, tag 2 reddish; gray alone
+    cannot tell them apart."""
+    gray = 0.4 + 0.2 * torch.rand(count, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(4))
+    tag = torch.arange(count) % 2 + 1
+    chroma = torch.tensor([[0.15, -0.10], [-0.15, 0.10]])[tag - 1][:, :, None, None].expand(-1, -1, SIDE, SIDE)
+    return gray, color_from(gray, chroma), tag
+
+
+def train_steps(model, gray, color, tag, loss_of, steps: int = 40):
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of(model.features(gray, tag), color)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+def test_chroma_bins_rebalance_toward_rare_colors_and_read_out_a_class_center():
+    common, rare = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.9, 0.2, 0.2])
+    color = torch.stack([common] * 9 + [rare])[:, :, None, None].expand(-1, -1, SIDE, SIDE)
+
+    bins, weights = ChromaBins.fit(color)
+
+    assert len(bins.centers) == 2
+    rare_class = bins.classes(color[-1:]).flatten()[0]
+    assert weights[rare_class] > 2 * weights[1 - rare_class]
+    sure = torch.full((1, 2, SIDE, SIDE), -20.0)
+    sure[:, rare_class] = 20.0
+    assert torch.allclose(bins.readout(sure)[0, :, 0, 0], bins.centers[rare_class])
+
+
+def test_classify_loss_trains_and_keeps_the_gray_input_as_luma():
+    torch.manual_seed(0)
+    gray, color, tag = two_tinted_sets(8)
+    gray = gray - 0.1 + 0.2 * (tag == 2)[:, None, None, None]  # now the tint is learnable from gray alone
+    color = color_from(gray, chroma_of(color))
+    bins, weights = ChromaBins.fit(color)
+    model = GlobalUNet(classes=len(bins.centers), width=8)
+    model.bins.load_state_dict(bins.state_dict())
+
+    model, losses = train_steps(model, gray, color, None, lambda out, y: classify_loss(out, y, model.bins, weights))
+
+    assert losses[-1] < 0.5 * losses[0]
+    with torch.no_grad():
+        output = model(gray)
+    assert torch.allclose(luma(output), gray, atol=1e-5)
+    assert_each_image_nearer_its_own_tint(output, color)
+
+
+def test_conditioning_on_a_tag_tells_apart_colors_that_gray_cannot():
+    torch.manual_seed(0)
+    gray, color, tag = two_tinted_sets(8)
+    conditioned = GlobalUNet(conditions=3, width=8)
+    mse = lambda out, y: (color_from(gray, conditioned.chroma(out)) - y).pow(2).mean()
+
+    conditioned, _ = train_steps(conditioned, gray, color, tag, mse, steps=60)
+
+    with torch.no_grad():
+        output = conditioned(gray, tag)
+    assert_each_image_nearer_its_own_tint(output, color)
+
+
+def assert_each_image_nearer_its_own_tint(output: torch.Tensor, color: torch.Tensor):
+    """Images alternate between the two tints of `two_tinted_sets`; each output's mean chroma must be nearer
+    its own image's tint than the other one."""
+    chroma, true = chroma_of(output).mean((2, 3)), chroma_of(color).mean((2, 3))
+    own = (chroma - true).norm(dim=1)
+    other = (chroma - true[[1, 0] * (len(true) // 2)]).norm(dim=1)
+    assert (own < other / 2).all(), (chroma, true)
