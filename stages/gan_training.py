@@ -109,6 +109,7 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
         random.set_state(saved["random"].cpu() if device.type == "cpu" else saved["random"])
+        torch.set_rng_state(saved["dropout_random"].cpu())  # fc's dropout draws from torch's own CPU stream
         history = GanHistory(**saved["history"])
         context.echo(f"{job.label}: resuming from epoch {len(history.g_loss)} of {job.epochs} (checkpoint of an "
                      "interrupted run)")
@@ -148,7 +149,7 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
                 _save_checkpoint(checkpoint_path, {
                     "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "random": random.get_state(),
-                    "history": history.as_dict()})
+                    "dropout_random": torch.get_rng_state(), "history": history.as_dict()})
                 last_save, save_cost = time.perf_counter(), 0.0  # the first epoch's end always saves, and times the save
     generator.eval()
     discriminator.eval()
