@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.gan_models import build_gan
+from stages.checkpoints import MODEL, GanConfig, save_model
+from stages.contract import StageContext, StageError
 from stages.gan_training import GanJob, train_gan
 from stages.params import GanParams
-from stages.registry import StageContext, StageError
+from stages.prepared_set import labels_file, load_prepared
 from stages.training import resolve_device
-from stages.vae import load_prepared
 from stages.viz import save_grid, save_loss_chart
 
 SAMPLES = 64
@@ -30,11 +30,12 @@ FIXED_NOISE_SEED = 2026  # not the training seed: every run and epoch draws its 
 DIVERSITY_FLOOR = 0.25  # samples closer to each other than this fraction of the real faces' spread: collapsed
 
 
-def read_classes(labels_csv: Path, column: str) -> tuple[np.ndarray, list[str]]:
-    """One tag column of labels.csv -> (class index per image, -1 where untagged; the sorted class names).
+def read_classes(prepared: Path, column: str) -> tuple[np.ndarray, list[str]]:
+    """One tag column of the set's labels -> (class index per image, -1 where untagged; the sorted class names).
 
     A cell holding several values ("red;blue") counts as its first one."""
-    if not labels_csv.is_file():
+    labels_csv = labels_file(prepared)
+    if labels_csv is None:
         raise StageError(f"gan.conditional={column} needs labels, but the prepared set has no labels.csv: run "
                          "`pipeline prepare --labels tags.csv`, or leave gan.conditional empty")
     with open(labels_csv, newline="", encoding="utf-8") as handle:
@@ -103,25 +104,22 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
     classes: list[str] = []
     labels = None
     if params.conditional:
-        class_of, classes = read_classes(inputs["prepare"] / "labels.csv", params.conditional)
+        class_of, classes = read_classes(inputs["prepare"], params.conditional)
         train_index = train_index[class_of[train_index] >= 0]  # untagged faces cannot be conditioned on
         labels = torch.from_numpy(class_of[train_index]).to(device)
     if len(train_index) == 0:
         raise StageError("the prepared set has no training images to train the GAN on: prepare more images")
     images = torch.from_numpy(images_np).to(device)
     size = images.shape[-1]
+    config = GanConfig(params.arch, size, params.channels, params.noise_dim, params.width, tuple(classes),
+                       params.spectral_norm)
     torch.manual_seed(params.seed)
-    generator, discriminator = build_gan(params.arch, size, params.channels, params.noise_dim, params.width,
-                                         len(classes), params.spectral_norm)
-    generator, discriminator = generator.to(device), discriminator.to(device)
+    generator, discriminator = (network.to(device) for network in config.build_pair())
     job = GanJob(generator, discriminator, images[train_index] * 2 - 1, labels, params.noise_dim, params.epochs,
                  params.batch_size, params.lr, params.seed)
     history = train_gan(job, context, device)
 
-    config = {"arch": params.arch, "size": size, "channels": params.channels, "noise_dim": params.noise_dim,
-              "width": params.width, "classes": classes, "spectral_norm": params.spectral_norm}
-    torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                "config": config}, out_dir / "model.pt")
+    save_model(out_dir / MODEL, generator, config, discriminator=discriminator)
     (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
     save_loss_chart({"G loss": history.g_loss, "D loss": history.d_loss, "D(real)": history.d_real,
                      "D(fake)": history.d_fake}, out_dir / "loss.png", "GAN losses and D's mean P(real) per epoch")
@@ -142,12 +140,3 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                                       f"{results['images_per_second']:.0f} img/s")
     return results
 
-
-def load_generator(path: Path, device: torch.device):
-    """Rebuild a trained generator from model.pt without the CLI; returns (generator, config)."""
-    saved = torch.load(path, map_location=device, weights_only=True)
-    c = saved["config"]
-    generator, _ = build_gan(c["arch"], c["size"], c["channels"], c["noise_dim"], c["width"], len(c["classes"]),
-                             c["spectral_norm"])
-    generator.load_state_dict(saved["generator"])
-    return generator.to(device).eval(), c

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from stages.models import _down_sizes
+from stages.models import down_sizes
 
 
 def _conditioned(z_or_x: torch.Tensor, labels: torch.Tensor | None, classes: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ class DcGenerator(nn.Module):
     def __init__(self, size: int = 30, channels: int = 1, noise_dim: int = 64, width: int = 32, classes: int = 0):
         super().__init__()
         self.classes = classes
-        sizes = _down_sizes(size)[::-1]  # e.g. [4, 8, 15, 30]
+        sizes = down_sizes(size)[::-1]  # e.g. [4, 8, 15, 30]
         widths = [min(width * 2 ** i, 512) for i in range(len(sizes) - 1)][::-1]  # e.g. [128, 64, 32]
         self.bottom = (widths[0], sizes[0], sizes[0])
         self.project = nn.Sequential(nn.Linear(noise_dim + classes, widths[0] * sizes[0] ** 2, bias=False),
@@ -99,7 +99,7 @@ class DcDiscriminator(nn.Module):
         super().__init__()
         self.classes = classes
         norm = spectral_norm if spectral else (lambda layer: layer)
-        sizes = _down_sizes(size)
+        sizes = down_sizes(size)
         widths = [channels + classes] + [min(width * 2 ** i, 512) for i in range(len(sizes) - 1)]
         layers = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from stages.contract import Figure, StageSpec
-from stages.params import ColorizeParams, ConceptParams, NoParams, PrepareParams, VaeParams
+from stages.params import ColorizeParams, ConceptParams, GanParams, NoParams, PrepareParams, VaeParams
 
 
 def _nothing_to_color(all_params: dict) -> str:
@@ -67,6 +67,15 @@ STAGES: tuple[StageSpec, ...] = (
         skip_reason=_nothing_to_color,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
                 "edit grids",
+    ),
+    StageSpec(  # opt-in (`--stages gan`): not in the default run
+        name="gan", version=1, params=GanParams, upstream=("prepare",), run="stages.gan:run",
+        figures=(Figure("samples.png", "64 samples of one fixed noise batch (one row per tag value if conditional)"),
+                 Figure("interpolation.png", "each row: 7 steps on the line between two noise vectors"),
+                 Figure("loss.png", "G and D loss, and D's mean P(real) for real and generated faces, per epoch")),
+        describe=lambda p: (f"{p.arch}-w{p.width}-e{p.epochs}" + ("-rgb" if p.channels == 3 else "")
+                            + (f"-c{p.conditional}" if p.conditional else "")),
+        summary="a trained GAN (generator + discriminator): model.pt, losses, samples, interpolations",
     ),
 )
 

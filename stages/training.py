@@ -83,13 +83,13 @@ class Job:
     label: str
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
 
 
-def _load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
+def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
     """The resume state of an interrupted run, or None; an unreadable one is reported, removed, and ignored."""
     if not path.is_file():
         return None
@@ -112,7 +112,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     history, first_epoch = History(), 0
 
     checkpoint_path = context.resume_dir / CHECKPOINT
-    saved = _load_checkpoint(checkpoint_path, device, context.echo, job.label)
+    saved = load_checkpoint(checkpoint_path, device, context.echo, job.label)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -163,7 +163,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
             due = cheap or time.perf_counter() - last_save >= save_cost / _CHECKPOINT_OVERHEAD
             if due and epoch + 1 < job.epochs:
                 clock = time.perf_counter()
-                _save_checkpoint(checkpoint_path, {
+                save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
                     "train": history.train, "test": history.test, "extra": history.extra,

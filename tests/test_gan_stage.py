@@ -18,6 +18,7 @@ from helpers import (assert_one_clear_error_line, decoded_png, grid_size, latest
 from pipeline.cli import DEFAULT_STAGES
 from pipeline.runner import plan
 from stages import viz
+from stages.checkpoints import load_generator
 
 IMAGE_SIDE = 30
 PREPARE = ("prepare", "--count", "48", "--test-fraction", "0.4")
@@ -49,8 +50,8 @@ def test_gan_trains_and_writes_every_artifact(prepared, copy_of, pipeline, outpu
     metrics = metrics_of(entry)
     assert metrics["parameters"] > 0 and metrics["discriminator_parameters"] > 0 and metrics["diversity"] > 0
     saved = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
-    generator, config = stages.gan.load_generator(entry / "model.pt", torch.device("cpu"))
-    assert set(saved) == {"generator", "discriminator", "config"} and config["noise_dim"] == 8
+    generator, config = load_generator(entry / "model.pt", torch.device("cpu"))
+    assert set(saved) == {"state_dict", "discriminator", "config"} and config.noise_dim == 8
     with torch.no_grad():
         redrawn = stages.gan.to_unit(generator(torch.zeros(1, 8)))
     assert redrawn.shape == (1, 1, IMAGE_SIDE, IMAGE_SIDE)

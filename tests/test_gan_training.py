@@ -11,7 +11,7 @@ import torch
 from stages.gan import collapse_warning, diversity
 from stages.gan_models import build_gan
 from stages.gan_training import GanJob, adam, gan_step, train_gan
-from stages.registry import StageError
+from stages.contract import StageError
 
 
 @dataclass
