@@ -21,6 +21,7 @@ from stages.gan_training import GanJob, train_gan
 from stages.params import GanParams
 from stages.prepared_set import labels_file, load_prepared
 from stages.training import resolve_device
+from stages.vae_outputs import GeneratedImages, write_generated
 from stages.viz import save_grid, save_loss_chart
 
 SAMPLES = 64
@@ -72,7 +73,8 @@ def collapse_warning(diversity_ratio: float) -> str:
 
 @torch.no_grad()
 def write_grids(generator, noise_dim: int, classes: list[str], device: torch.device, out_dir: Path) -> torch.Tensor:
-    """samples.png/.npy and interpolation.png/.npy from fixed noise; returns the samples in [0, 1]."""
+    """samples.png and interpolation.png from fixed noise, and their arrays for coloring (stages.vae_outputs);
+    returns the samples in [0, 1]."""
     random = torch.Generator(device=device).manual_seed(FIXED_NOISE_SEED)
     z = torch.randn(SAMPLES, noise_dim, generator=random, device=device)
     columns, labels, row_labels = 8, None, None
@@ -82,7 +84,6 @@ def write_grids(generator, noise_dim: int, classes: list[str], device: torch.dev
         row_labels = classes
     samples = to_unit(generator(z, labels))
     save_grid(samples.cpu(), columns, out_dir / "samples.png", row_labels)
-    np.save(out_dir / "samples.npy", samples.cpu().numpy())
 
     ends = torch.randn(INTERPOLATION_ROWS, 2, noise_dim, generator=random, device=device)
     weights = torch.linspace(0, 1, INTERPOLATION_STEPS, device=device).view(1, -1, 1)
@@ -93,8 +94,8 @@ def write_grids(generator, noise_dim: int, classes: list[str], device: torch.dev
             INTERPOLATION_STEPS)
     between = to_unit(generator(path.flatten(0, 1), path_labels))
     save_grid(between.cpu(), INTERPOLATION_STEPS, out_dir / "interpolation.png")
-    np.save(out_dir / "interpolation.npy", between.view(INTERPOLATION_ROWS, INTERPOLATION_STEPS,
-                                                        *between.shape[1:]).cpu().numpy())
+    rows = between.view(INTERPOLATION_ROWS, INTERPOLATION_STEPS, *between.shape[1:])
+    write_generated(out_dir, GeneratedImages(samples.cpu().numpy(), rows.cpu().numpy()))
     return samples
 
 

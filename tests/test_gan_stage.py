@@ -114,3 +114,43 @@ def test_conditional_without_labels_is_one_clear_line(tmp_path, make_folder, pip
     result = pipeline("run", "--stages", "gan", *GAN, "--set", "gan.conditional=hair")
 
     assert_one_clear_error_line(result, "no labels", "--labels")
+
+
+VAE_AND_COLORIZER = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=4", "--set", "vae.epochs=2",
+                     "--set", "colorize.arch=conv", "--set", "colorize.epochs=1")
+
+
+def test_colorizer_alone_pulls_in_no_gan_but_with_gan_it_colors_the_gan_samples_too():
+    assert "gan" not in {spec.name for spec in plan(["colorize"])}
+    assert "gan_color" in {spec.name for spec in plan(["gan", "colorize"])}
+
+
+def test_vae_gan_colorize_run_colors_both_and_puts_them_side_by_side_on_the_page(prepared, copy_of, pipeline,
+                                                                                 outputs):
+    copy_of(prepared)
+
+    result = succeeded(pipeline("run", "--stages", "vae,gan,colorize", *GAN, *VAE_AND_COLORIZER))
+
+    assert {"vae", "gan", "colorize", "vae_color", "gan_color"} <= set(summary_lines(result))
+    gan_entry, colored = latest_entry(outputs, "gan"), latest_entry(outputs, "gan_color")
+    color = np.load(colored / "samples_color.npy")
+    assert color.shape == (64, 3, IMAGE_SIDE, IMAGE_SIDE)
+    luma = (color * np.array([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdims=True)
+    assert np.abs(luma - np.load(gan_entry / "samples.npy")).mean() < 0.02, "exact luma: the GAN's gray, in color"
+    page = (outputs / "index.html").read_text()
+    section = page[page.index("VAE vs GAN"):]
+    vae_entry = latest_entry(outputs, "vae")
+    for image in (f"vae/{vae_entry.name}/samples.png", f"gan/{gan_entry.name}/samples.png",
+                  f"gan_color/{colored.name}/samples_color.png", f"gan/{gan_entry.name}/interpolation.png"):
+        assert f"src='{image}'" in section, image
+    assert f"data-key='numbers.test_neg_elbo.vae'" in section
+    assert f"data-key='numbers.diversity.gan'" in section
+
+
+def test_status_of_an_opt_in_stage_says_it_would_run(prepared, copy_of, pipeline):
+    copy_of(prepared)
+
+    default, asked = succeeded(pipeline("status")), succeeded(pipeline("status", "--stages", "gan", *GAN))
+
+    assert not re.search(r"^gan\b", default.output, re.MULTILINE)
+    assert re.search(r"^gan\s+dcgan-w4-e3-\S+\s+would run", asked.output, re.MULTILINE), asked.output
