@@ -150,7 +150,8 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
                     "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "random": random.get_state(),
                     "dropout_random": torch.get_rng_state(), "history": history.as_dict()})
-                last_save, save_cost = time.perf_counter(), 0.0  # the first epoch's end always saves, and times the save
+                last_save = time.perf_counter()
+                save_cost = last_save - clock
     generator.eval()
     discriminator.eval()
     return history
