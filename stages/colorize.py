@@ -5,17 +5,9 @@ Training depends only on the prepared set and the colorize parameters, so changi
 
 Loss = MSE(color, target) + λ_luma · MSE(luma(color), gray) + λ_colorful · (C(color) − C(target))²
 where C is an image's Hasler–Süsstrunk colorfulness (stages.metrics, on the [0,1] scale). The last term is ours:
-plain MSE on an ambiguous hue (is that mid-gray hair red, blue or purple?) pays least by predicting the average
-hue, a washed-out sepia. Asking each image to be as colorful as its true color, rather than each pixel as
-saturated, lets the network spend color where it is surest. On the default data (4 epochs, batch 64) weight 0.2
-bought the colorfulness ratio 0.43 -> 0.72 for 0.47 dB of PSNR; a per-pixel saturation term cost twice that.
-
-Batch 64 at peak lr 2e-3 (60 steps in 4 epochs), not 128 at 3e-3 (32 steps): with the larger steps StackNN's
-training loss stayed at the mean image's (0.12) and plain MSE scored what the mean training color plus
-exact_luma scores (18.79 against 18.80 dB): the network had learned nothing. At batch 64 the loss falls to
-0.053 by epoch 4 and hair, eyes and backgrounds take different hues by content. Batch 128 at lr 1e-3 does learn
-(plain MSE 18.92 dB) but trades color worse: weight 0.2 gave ratio 0.76 at -0.86 dB, 0.15 gave 0.67 at -0.54 dB,
-where batch 64 gives 0.72 at -0.47 dB; and it ran only ~1.2x faster per image.
+plain MSE on an ambiguous hue pays least by predicting the average hue, a washed-out sepia; asking each image to
+be as colorful as its true color lets the network spend color where it is surest. StackNN trains at batch 64:
+at batch 128 it learned nothing in the default epochs. docs/decisions.md has the measurements behind both.
 """
 from __future__ import annotations
 
@@ -63,8 +55,8 @@ def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: b
 
 def mean_color_psnr(train_color: torch.Tensor, test_gray: torch.Tensor, test_color: torch.Tensor) -> float:
     """Test PSNR of the colorizer that ignores its input: the mean training color with each test image's luma put
-    in by exact_luma. A plain-MSE colorizer (colorfulness_weight 0) that does not beat it has learned nothing, as
-    StackNN once did at too few steps; the colorful default trades about 0.5 dB for color, so it may not."""
+    in by exact_luma. A plain-MSE colorizer (colorfulness_weight 0) that does not beat it has learned nothing; the
+    colorful default trades some PSNR for color, so it may not."""
     mean = train_color.mean(0, keepdim=True).expand(len(test_gray), -1, -1, -1)
     color = exact_luma(mean, test_gray).clamp(0, 1)
     return m.psnr_ssim(color.cpu().numpy(), test_color.cpu().numpy())[0]

@@ -56,7 +56,7 @@ class ConvVae(nn.Module):
     nearest-neighbour upsample to the encoder's size followed by a 3x3 conv, so 30 -> 15 -> 8 -> 4 and back.
     Widths double with depth, capped at 256. Upsample + conv rather than transposed convolutions: those left
     per-pixel grain in the samples (uneven kernel overlap), which the colorizer then faithfully kept; this
-    decoder's samples are smooth, and its test -ELBO on the default data is 2 nats lower.
+    decoder's samples are smooth, and its test -ELBO is lower (docs/decisions.md).
     """
 
     def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 16):
@@ -81,8 +81,8 @@ class ConvVae(nn.Module):
             if i < len(reversed_widths) - 2:  # the last layer outputs logits
                 up += [nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.decoder = nn.Sequential(*up)
-        # oneDNN runs these convolutions without a layout reorder around each one in channels-last: a training
-        # step measured 56 -> 41 ms. Flatten and view still read (C, H, W) order, so nothing else changes.
+        # oneDNN runs these convolutions without a layout reorder around each one in channels-last (faster; see
+        # docs/decisions.md). Flatten and view still read (C, H, W) order, so nothing else changes.
         self.to(memory_format=torch.channels_last)
 
     def encode(self, x):
@@ -130,8 +130,8 @@ class StackNN(nn.Module):
     def start_at(self, mean_color: torch.Tensor) -> None:
         """Make the untrained network output `mean_color` (3, S, S) rather than a flat sigmoid(0) gray.
 
-        A default run makes about 60 optimiser steps; spending the first of them discovering the average face is
-        a waste (seen as +0.1 dB PSNR and +0.02 SSIM at 4 epochs)."""
+        A default run makes few optimiser steps; spending the first of them discovering the average face is a
+        waste."""
         self.head[-1].bias.copy_(torch.logit(mean_color.clamp(0.01, 0.99)).flatten())
 
 
@@ -153,7 +153,7 @@ class ConvColorizer(nn.Module):
         self.up2 = block(6 * width, 2 * width)
         self.up1 = block(3 * width, width)
         self.out = nn.Conv2d(width, 3, 1)
-        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders; 8-20% faster steps
+        self.to(memory_format=torch.channels_last)  # as ConvVae: no oneDNN layout reorders
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         size = gray.shape[-2:]

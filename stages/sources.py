@@ -181,7 +181,7 @@ def _decode_task(task: _Task, size: int, crop: float, pixels: np.ndarray) -> tup
         if task.path is None:
             data = task.data
         else:
-            with open(task.path, "rb") as file:  # cheaper than Path.read_bytes, by 3% of a small JPEG's decode
+            with open(task.path, "rb") as file:  # cheaper than Path.read_bytes
                 data = file.read()
     except OSError as error:
         return "", f"unreadable file ({error.strerror or error})"
@@ -289,8 +289,8 @@ def _is_image_name(name: str) -> bool:
 
 def folder_files(folder: Path) -> list[tuple[str, os.DirEntry]]:
     """(relative posix name, entry) of every file under ``folder``, recursively, sorted by name so the order never
-    depends on the disk. Symlinked folders are not followed (as os.walk). scandir, not walk + join + stat: 4x
-    faster on 20,000 files, and the entry caches its stat for the cache fingerprint."""
+    depends on the disk. Symlinked folders are not followed (as os.walk). scandir, not walk + join + stat: one
+    pass, and the entry caches its stat for the cache fingerprint."""
     found, folders = [], [(os.fspath(folder), "")]
     while folders:
         directory, prefix = folders.pop()

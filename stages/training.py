@@ -2,10 +2,9 @@
 
 - The whole training set is one tensor on the device; batches are index slices of a seeded permutation, so
   there is no per-item Dataset/DataLoader overhead.
-- Adam with the fused kernel where the build has it (the reference's unfused step is a third of its time),
-  under a one-cycle schedule (warm-up, then cosine decay), which lets the VAE train as well in the same epochs
-  at twice the reference's batch, with half the optimiser steps. Those two are where most of the speed comes
-  from. (StackNN keeps the reference's batch 64: stages/colorize.py says why.)
+- Adam with the fused kernel where the build has it, under a one-cycle schedule (warm-up, then cosine decay),
+  which lets the VAE train as well in the same epochs at twice the reference's batch. Those two are where most
+  of the speed comes from (docs/decisions.md; StackNN keeps the reference's batch 64).
 - Denormals are flushed on CPU: Adam's second moments drift into denormal range and slow every step.
 - All randomness (order, noise) comes from one seeded torch.Generator, saved with each checkpoint, so an
   interrupted run resumes exactly where it stopped and the same seed on CPU gives identical results.
@@ -29,6 +28,7 @@ from stages.viz import save_loss_chart
 CHECKPOINT = "checkpoint.pt"
 _CHECKPOINT_OVERHEAD = 0.1  # at most this fraction of training time goes into writing resume checkpoints
 _CHECKPOINT_BYTES_PER_SECOND = 200e6  # a cautious guess at serialise + write speed, replaced by the measured one
+_RESUME_STATE = {"model", "optimizer", "schedule", "generator", "train", "test", "extra", "seconds", "images"}
 _CHEAP_CHECKPOINT_SECONDS = 0.25  # checkpoints cheaper than this (~50 MB) are written after every epoch
 
 
@@ -94,9 +94,13 @@ def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        saved = torch.load(path, map_location=device, weights_only=True)
+        missing = _RESUME_STATE - set(saved)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+        return saved
     except Exception as error:  # a checkpoint we cannot read is worth nothing: start over rather than fail
-        echo(f"{label}: ignoring the unreadable resume checkpoint {path} ({type(error).__name__}); "
+        echo(f"{label}: ignoring the unreadable resume checkpoint {path} ({type(error).__name__}: {error}); "
              "training starts over")
         path.unlink(missing_ok=True)
         return None

@@ -91,6 +91,15 @@ def test_force_runs_the_stage_again_and_says_force(cache):
     assert cache.lookup(fake_key()) is not None
 
 
+def test_bumped_stage_version_runs_again_and_says_so(cache):
+    first = run_fake(cache)
+
+    bumped = run_fake(cache, replace(FAKE, version=2))
+
+    assert (bumped.status, bumped.reason) == ("ran", "stage code version 1 -> 2")
+    assert bumped.entry != first.entry and CALLS == [1, 1]
+
+
 def test_changed_param_runs_again_and_names_the_param(cache):
     run_fake(cache, value=1)
 

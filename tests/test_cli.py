@@ -93,6 +93,21 @@ def test_fewer_usable_images_than_count_fails_in_one_line_and_caches_nothing(pip
     assert_nothing_cached(outputs)
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"name,hair\n0.png,red\n", "needs a header `file,<tag columns...>`"),
+    (b"file\n0.png\n", "needs a header `file,<tag columns...>`"),
+    (b"file,hair\n\xff\xfe\x00broken\n", "could not be read"),
+])
+def test_malformed_labels_csv_fails_in_one_line_and_caches_nothing(pipeline, outputs, make_folder, tmp_path, content,
+                                                                    problem):
+    (tmp_path / "tags.csv").write_bytes(content)
+
+    result = pipeline("prepare", "--source", make_folder(4), "--labels", tmp_path / "tags.csv", "--count", "all")
+
+    assert_one_clear_error_line(result, "tags.csv", problem)
+    assert Cache(outputs).entries("prepare") == []
+
+
 def test_missing_labels_file_fails_in_one_line_and_caches_nothing(pipeline, outputs, make_folder, tmp_path):
     result = pipeline("prepare", "--source", make_folder(4), "--labels", tmp_path / "tags.csv", "--count", "all")
 

@@ -79,9 +79,12 @@ def test_colorize_metrics_are_finite(trained):
 
     for name in ("psnr", "ssim", "luma_mse", "colorfulness_ratio", "luma_mse_before_clipping", "mean_color_psnr"):
         assert math.isfinite(metrics[name]), name
-    assert metrics["psnr"] > 0 and -1 <= metrics["ssim"] <= 1
-    assert 0 <= metrics["luma_mse"] < 1 and metrics["colorfulness_ratio"] >= 0
-    assert metrics["epochs"] == 4 and metrics["parameters"] > 0
+    prepared = latest_entry(outputs, "prepare")
+    test_color = np.load(prepared / "color.npy")[np.load(prepared / "split.npz")["test"]] / 255
+    # the trivial colorizer, a flat mid-gray output, scored as stages.metrics scores: mean of per-image PSNR
+    flat_gray_psnr = (10 * np.log10(1 / ((test_color - 0.5) ** 2).mean((1, 2, 3)))).mean()
+    assert metrics["psnr"] > flat_gray_psnr, (metrics["psnr"], flat_gray_psnr)
+    assert -1 <= metrics["ssim"] <= 1 and metrics["epochs"] == 4
     assert read_manifest(latest_entry(outputs, "colorize"))["metrics"] == metrics
 
 

@@ -68,12 +68,11 @@ def test_flat_frames_hash_alike_whatever_their_brightness():
 
 def test_threshold_is_inclusive_and_exact():
     base = np.uint64(0x0123_4567_89AB_CDEF)
-    near = base ^ np.uint64(0b1111 << 20)  # 4 bits apart
-    far = base ^ np.uint64(0b11111 << 40)  # 5 bits apart
+    near = base ^ np.uint64(((1 << DEFAULT_MAX_DISTANCE) - 1) << 20)  # exactly the threshold apart
+    far = base ^ np.uint64(((1 << DEFAULT_MAX_DISTANCE + 1) - 1) << 40)  # one bit more
 
-    mask = duplicate_mask(np.array([base, near, far], dtype=np.uint64), max_distance=4)
+    mask = duplicate_mask(np.array([base, near, far], dtype=np.uint64))  # at the default threshold
 
-    assert DEFAULT_MAX_DISTANCE == 4
     assert mask.tolist() == [False, True, False]
 
 

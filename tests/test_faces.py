@@ -17,8 +17,7 @@ def rendered():
 
 def test_shape_dtype_and_labels(rendered):
     img, f = rendered[0]
-    assert FACE_SIZE == 96
-    assert img.shape == (96, 96, 3) and img.dtype == np.uint8
+    assert img.shape == (FACE_SIZE, FACE_SIZE, 3) and img.dtype == np.uint8
     assert set(f) == set(FACTORS)
     for name, value in f.items():
         assert value in FACTORS[name]
