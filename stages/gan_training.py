@@ -23,6 +23,7 @@ from stages.contract import StageContext, StageError
 from stages.training import CHECKPOINT, load_checkpoint, save_checkpoint
 
 _CHECKPOINT_OVERHEAD = 0.05  # at most this fraction of training time goes into writing resume checkpoints
+_RESUME_STATE = {"generator", "discriminator", "opt_g", "opt_d", "random", "dropout_random", "history"}
 BETAS = (0.5, 0.999)  # DCGAN's Adam momentum (Radford et al. 2016): β1 0.9 oscillates in the two-player game
 
 
@@ -102,7 +103,7 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
     history = GanHistory()
 
     checkpoint_path = context.resume_dir / CHECKPOINT
-    saved = load_checkpoint(checkpoint_path, device, context.echo, job.label)
+    saved = load_checkpoint(checkpoint_path, device, context.echo, job.label, _RESUME_STATE)
     if saved is not None:
         generator.load_state_dict(saved["generator"])
         discriminator.load_state_dict(saved["discriminator"])
@@ -146,7 +147,7 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
             bar.advance(1, f"D(real) {history.d_real[-1]:.2f} D(fake) {history.d_fake[-1]:.2f}")
             if epoch + 1 < job.epochs and time.perf_counter() - last_save >= save_cost / _CHECKPOINT_OVERHEAD:
                 clock = time.perf_counter()
-                save_checkpoint(checkpoint_path, {
+                save_checkpoint(checkpoint_path, {  # the keys of _RESUME_STATE
                     "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "random": random.get_state(),
                     "dropout_random": torch.get_rng_state(), "history": history.as_dict()})

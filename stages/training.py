@@ -89,13 +89,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
-    """The resume state of an interrupted run, or None; an unreadable one is reported, removed, and ignored."""
+def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str,
+                    required: set[str] = _RESUME_STATE) -> dict | None:
+    """The resume state of an interrupted run, or None; an unreadable one (or one without every `required` key)
+    is reported, removed, and ignored."""
     if not path.is_file():
         return None
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-        missing = _RESUME_STATE - set(saved)
+        missing = set(required) - set(saved)
         if missing:
             raise KeyError(f"no {', '.join(sorted(missing))}")
         return saved
