@@ -243,14 +243,16 @@ def run(stages, sets, config, device, force, outputs) -> None:
 
 
 @main.command(name="status")
+@click.option("--stages", default=DEFAULT_STAGES, show_default=True, help="Stages as you would pass to run.")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.PARAM=VALUE", help="Parameters as you would pass to run.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="TOML file as for run.")
 @click.option("--verify", is_flag=True, help="Also check every cached file against its recorded content hash.")
 @outputs_option
-def show_status(sets, config, verify, outputs) -> None:
+def show_status(stages, sets, config, verify, outputs) -> None:
     """One line per stage: the key these settings give, whether it is cached, and if not, why it would run."""
     with _user_errors():
-        for line in runner.status(_stage_params(sets, config), outputs):
+        tokens = [t.strip() for t in stages.split(",") if t.strip()]
+        for line in runner.status(_stage_params(sets, config), outputs, tokens):
             state = ("cached" if line.cached else f"skipped ({line.reason})" if line.skipped
                      else f"would run: {line.reason}")
             click.echo(f"{line.stage:10} {line.entry or '-':40} {state}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cache import Cache, Manifest
-from stages.contract import Figure, StageSpec, read_figures
+from stages.contract import Comparison, Figure, StageSpec, read_figures
 from stages import registry
 
 _STYLE = """
@@ -107,6 +107,47 @@ def _stage_section(cache: Cache, spec: StageSpec, outcome) -> str:
     return "\n".join(parts)
 
 
+def _comparison_section(cache: Cache, comparison: Comparison) -> str:
+    """The models' latest entries side by side, if every one exists and all read the same prepared set."""
+    models = []  # per column: (name, [(folder relative to root, manifest)] of the model and its colorers)
+    for stages in comparison.columns:
+        model = cache.latest(stages[0])
+        if model is None:
+            return ""
+        entries = [(f"{stages[0]}/{model.entry}", model)]
+        for extra in stages[1:]:
+            latest = cache.latest(extra)
+            if latest is not None and latest.upstream.get(stages[0]) == model.entry:
+                entries.append((f"{extra}/{latest.entry}", latest))
+        models.append((stages[0], entries))
+    if len({entries[0][1].upstream.get(registry.SOURCE_STAGE) for _, entries in models}) != 1:
+        return ""
+
+    def image(name: str, entries, figure: Figure) -> str:
+        for folder, _ in entries:
+            if (cache.root / folder / figure.file).is_file():
+                return (f"<figure><img class=px src='{folder}/{figure.file}' alt='{figure.file}' style='width:"
+                        f"{_display_width(cache.root / folder / figure.file)}px'><figcaption>{html.escape(name)}: "
+                        f"{html.escape(figure.caption)}</figcaption></figure>")
+        return ""
+
+    slug = "-".join(name for name, _ in models)
+    parts = [f"<h2 id=compare-{slug}>{html.escape(comparison.title)}</h2>"]
+    for figure in comparison.side_by_side:
+        parts.append("<div class=grid>" + "".join(image(name, entries, figure) for name, entries in models) + "</div>")
+    rows = {}
+    for metric in comparison.metrics:
+        values = {name: next((m.metrics[metric] for _, m in entries if metric in m.metrics), None)
+                  for name, entries in models}
+        if any(v is not None for v in values.values()):
+            rows[metric] = values
+    rows["stage seconds"] = {name: entries[0][1].seconds for name, entries in models}
+    parts.append(_matrix("numbers", rows))
+    for figure in comparison.stacked:
+        parts.extend(image(name, entries, figure) for name, entries in models)
+    return "\n".join(parts)
+
+
 def _display_width(path: Path) -> int:
     """Tiny images are drawn 3x larger (pixelated) so 30x30 faces are visible; grids share the row two by two."""
     from PIL import Image
@@ -138,6 +179,7 @@ def write_report(root: Path, outcomes: dict[str, Any]) -> Path:
     """Regenerate root/index.html from the cache; `outcomes` says which stages this command ran or reused."""
     cache = Cache(root)
     sections = [_stage_section(cache, spec, outcomes.get(spec.name)) for spec in registry.STAGES]
+    sections += [_comparison_section(cache, comparison) for comparison in registry.COMPARISONS]
     body = "\n".join(s for s in sections if s) or "<p>Nothing here yet: run <code>pipeline prepare</code>.</p>"
     body = _overview(cache, outcomes) + body
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>pipeline results</title>"

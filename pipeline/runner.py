@@ -59,7 +59,7 @@ def plan(tokens: list[str]) -> list[StageSpec]:
         raise UsageError(f"unknown stage {', '.join(map(repr, unknown))} in --stages (valid: {runnable}; "
                          f"`pipeline {SOURCE_STAGE}` builds the image set)")
     wanted = set(tokens)
-    wanted |= {s.name for s in registry.STAGES if s.follows in wanted}
+    wanted |= {s.name for s in registry.STAGES if s.follows and set(s.follows) <= wanted}
     changed = True
     while changed:
         before = len(wanted)
@@ -220,8 +220,9 @@ class StageStatus:
     skipped: bool = False  # run would skip this stage (e.g. nothing to color for a color VAE)
 
 
-def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
-    """The key each stage would get with these settings, whether it is cached, and if not, why it would run.
+def status(all_params: dict[str, Any], outputs: Path, tokens: list[str]) -> list[StageStatus]:
+    """The key each stage `run --stages tokens` visits would get with these settings, whether it is cached, and if
+    not, why it would run.
 
     Keys are computed, never trained: each stage's entry name follows from its parameters and its upstream
     entry names, so the whole chain can be predicted from the latest prepared set.
@@ -232,7 +233,7 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
         return [StageStatus(SOURCE_STAGE, "", False, f"no prepared set: run `pipeline {SOURCE_STAGE}`")]
     entries = {SOURCE_STAGE: latest_source.entry}
     report = [StageStatus(SOURCE_STAGE, latest_source.entry, True, "")]
-    for spec in plan([s.name for s in registry.STAGES if s.name != SOURCE_STAGE]):
+    for spec in plan(tokens):
         skip = _skip_reason(spec, all_params, entries)
         if skip:  # no key, nothing to run
             report.append(StageStatus(spec.name, "", False, skip, skipped=True))

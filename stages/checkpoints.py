@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from stages.gan_models import build_gan
 from stages.models import build_colorizer, build_vae
 
-MODEL = "model.pt"  # the trained network in a vae or colorize entry
+MODEL = "model.pt"  # the trained network in a vae, colorize or gan entry
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,33 @@ class ColorizerConfig:
         return build_colorizer(self.arch, self.size, self.classes, conditions)
 
 
-def save_model(path: Path, model: torch.nn.Module, config: VaeConfig | ColorizerConfig) -> None:
-    torch.save({"state_dict": model.state_dict(), "config": asdict(config)}, path)
+@dataclass(frozen=True)
+class GanConfig:
+    arch: str
+    size: int
+    channels: int
+    noise_dim: int
+    width: int
+    classes: tuple[str, ...]  # tag values of a conditional GAN, one per class index; () = unconditional
+    spectral_norm: bool
+
+    def __post_init__(self):  # JSON-like plain types give a list back
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    def build(self) -> torch.nn.Module:
+        """The generator: what later stages use. The discriminator is saved beside it for resuming or probing."""
+        return self.build_pair()[0]
+
+    def build_pair(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return build_gan(self.arch, self.size, self.channels, self.noise_dim, self.width, len(self.classes),
+                         self.spectral_norm)
+
+
+def save_model(path: Path, model: torch.nn.Module, config: VaeConfig | ColorizerConfig | GanConfig,
+               **companions: torch.nn.Module) -> None:
+    """`companions` are saved beside the model by name (a GAN's discriminator), as state_dicts too."""
+    torch.save({"state_dict": model.state_dict(), "config": asdict(config),
+                **{name: companion.state_dict() for name, companion in companions.items()}}, path)
 
 
 def _load(path: Path, device: torch.device, config_type):
@@ -64,6 +90,11 @@ def load_vae(path: Path, device: torch.device) -> tuple[torch.nn.Module, VaeConf
 def load_colorizer(path: Path, device: torch.device) -> tuple[torch.nn.Module, ColorizerConfig]:
     """Rebuild a trained colorizer, in eval mode on `device`, and its config."""
     return _load(path, device, ColorizerConfig)
+
+
+def load_generator(path: Path, device: torch.device) -> tuple[torch.nn.Module, GanConfig]:
+    """Rebuild a trained GAN generator, in eval mode on `device`, and its config."""
+    return _load(path, device, GanConfig)
 
 
 def read_config(path: Path, config_type):

@@ -61,10 +61,25 @@ class StageSpec:
     describe: Callable[[object], str]  # short human-readable prefix of the cache folder name
     summary: str  # one line for the manifest and the report: what the folder holds
     figures: tuple[Figure, ...] = ()  # shown first; a stage may list more in LISTED_FIGURES (see write_figures)
-    follows: str = ""  # run automatically whenever this other stage runs
+    follows: tuple[str, ...] = ()  # run automatically whenever all of these stages run
     fingerprint: str = ""  # fingerprint(params) -> str over files read from outside the cache, if any
     skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
     edit: str = ""  # edit(picture, inputs, edits, output, device): `pipeline edit` with this stage's entry
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A report section putting models side by side, shown when their latest entries read one prepared set.
+
+    Each column is one model: its stage first, then stages whose entries add files to it (its colorer); a file is
+    taken from the first of them that has it, and a colorer's entry only if it was made from that model's entry.
+    """
+
+    title: str
+    columns: tuple[tuple[str, ...], ...]  # e.g. (("vae", "vae_color"), ("gan", "gan_color"))
+    side_by_side: tuple[Figure, ...]  # one row per figure, the models next to each other
+    stacked: tuple[Figure, ...]  # the models one above the other (wide grids)
+    metrics: tuple[str, ...]  # table rows, a column per model; a row no model has is left out
 
 
 def write_figures(out_dir: Path, figures: list[Figure]) -> None:

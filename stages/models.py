@@ -43,7 +43,7 @@ class FcVae(nn.Module):
         return self.decode(reparameterize(mu, logvar, noise)), mu, logvar
 
 
-def _down_sizes(size: int) -> list[int]:
+def down_sizes(size: int) -> list[int]:
     """Spatial sizes of a stride-2 encoder, halving (rounding up) until 4x4 or smaller."""
     sizes = [size]
     while sizes[-1] > 4:
@@ -63,7 +63,7 @@ class ConvVae(nn.Module):
 
     def __init__(self, size: int = 30, channels: int = 1, latent_dim: int = 10, width: int = 16):
         super().__init__()
-        self.sizes = _down_sizes(size)
+        self.sizes = down_sizes(size)
         widths = [channels] + [min(width * 2 ** i, 256) for i in range(len(self.sizes) - 1)]
         down = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):

@@ -84,3 +84,20 @@ class ConceptParams:
 @dataclass(frozen=True)
 class NoParams:
     """For stages whose result is fixed by their upstream stages alone."""
+
+
+@dataclass(frozen=True)
+class GanParams:
+    arch: str = param("dcgan", "dcgan: upsample+conv generator, strided-conv discriminator; fc: the textbook "
+                      "chapter's MLPs", choices=("dcgan", "fc"))
+    noise_dim: int = param(64, "size of the generator's noise vector z", min=1, max=512)
+    width: int = param(32, "channels of the discriminator's first conv layer, doubling with depth (dcgan only)",
+                       min=1, max=256)
+    channels: int = param(1, "1 = train on gray; 3 = train on color directly", choices=(1, 3))
+    epochs: int = param(200, "passes over the training split", min=1)
+    batch_size: int = param(64, "real images per discriminator step", min=1)
+    lr: float = param(2e-4, "Adam learning rate of both networks (β1 = 0.5)", min=0.0)
+    spectral_norm: bool = param(True, "spectral normalisation of the discriminator's layers (stabiliser)")
+    conditional: str = param("", "tag column of labels.csv to condition on (a CGAN: one samples row per value); "
+                             "empty = unconditional")
+    seed: int = param(0, "seed of initialisation, batching and noise", min=0)

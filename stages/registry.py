@@ -9,13 +9,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stages.contract import Figure, StageSpec
-from stages.params import ColorizeParams, ConceptParams, NoParams, PrepareParams, VaeParams
+from stages.contract import Comparison, Figure, StageSpec
+from stages.params import ColorizeParams, ConceptParams, GanParams, NoParams, PrepareParams, VaeParams
 
 
 def _nothing_to_color(all_params: dict) -> str:
     if all_params["vae"].channels == 3:
         return "the VAE trains on color (vae.channels=3), so its outputs need no colorizer"
+    return ""
+
+
+def _gan_on_color(all_params: dict) -> str:
+    if all_params["gan"].channels == 3:
+        return "the GAN trains on color (gan.channels=3), so its samples need no colorizer"
     return ""
 
 
@@ -60,7 +66,7 @@ STAGES: tuple[StageSpec, ...] = (
                  Figure("reconstructions_color.png", "gray | VAE reconstruction | colorized | true color"),
                  Figure("interpolation_color.png", "interpolations, colorized"),
                  Figure("traversal_color.png", "latent traversals, colorized")),
-        describe=lambda p: "vae-colored", follows="colorize", skip_reason=_nothing_to_color,
+        describe=lambda p: "vae-colored", follows=("colorize",), skip_reason=_nothing_to_color,
         summary="the VAE's samples, interpolations, traversals and reconstructions colored by the colorizer",
     ),
     StageSpec(
@@ -69,6 +75,32 @@ STAGES: tuple[StageSpec, ...] = (
         skip_reason=_nothing_to_color,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
                 "edit grids",
+    ),
+    StageSpec(  # opt-in (`--stages gan`): not in the default run
+        name="gan", version=1, params=GanParams, upstream=("prepare",), run="stages.gan:run",
+        figures=(Figure("samples.png", "64 samples of one fixed noise batch (one row per tag value if conditional)"),
+                 Figure("interpolation.png", "each row: 7 steps on the line between two noise vectors"),
+                 Figure("loss.png", "G and D loss, and D's mean P(real) for real and generated faces, per epoch")),
+        describe=lambda p: (f"{p.arch}-w{p.width}-e{p.epochs}" + ("-rgb" if p.channels == 3 else "")
+                            + (f"-c{p.conditional}" if p.conditional else "")),
+        summary="a trained GAN (generator + discriminator): model.pt, losses, samples, interpolations",
+    ),
+    StageSpec(  # the vae_color stage's code pointed at the GAN: runs when both gan and colorize do
+        name="gan_color", version=1, params=NoParams, upstream=("prepare", "gan", "colorize"),
+        run="stages.vae_color:run_gan",
+        figures=(Figure("samples_color.png", "the GAN's samples, colorized"),
+                 Figure("interpolation_color.png", "interpolations, colorized")),
+        describe=lambda p: "gan-colored", follows=("gan", "colorize"), skip_reason=_gan_on_color,
+        summary="the GAN's samples and interpolations colored by the colorizer",
+    ),
+)
+
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison(  # the textbook chapter's claims: GAN samples are sharper, the VAE's latent space better structured
+        title="VAE vs GAN", columns=(("vae", "vae_color"), ("gan", "gan_color")),
+        side_by_side=(Figure("samples.png", "samples"), Figure("samples_color.png", "samples, colorized")),
+        stacked=(Figure("interpolation.png", "interpolations: each row a straight line in latent space"),),
+        metrics=("c2st", "coverage", "density", "fd", "test_neg_elbo", "diversity", "train_seconds", "parameters"),
     ),
 )
 

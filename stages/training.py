@@ -90,7 +90,7 @@ class Job:
     stop: Callable[[History], bool] | None = None  # asked after each evaluation: True ends training there
 
 
-def _save_checkpoint(path: Path, state: dict, label: str) -> None:
+def save_checkpoint(path: Path, state: dict, label: str) -> None:
     """Write the resume state beside the last good one, then swap it in. If the write fails (a full disk), the
     partial file goes, the last good checkpoint stays, and the user gets one line. torch.save is handed a Python
     file: given a path, its C++ writer reports a full disk as an opaque RuntimeError instead of ENOSPC."""
@@ -107,13 +107,15 @@ def _save_checkpoint(path: Path, state: dict, label: str) -> None:
         raise
 
 
-def _load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
-    """The resume state of an interrupted run, or None; an unreadable one is reported, removed, and ignored."""
+def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str,
+                    required: set[str] = _RESUME_STATE) -> dict | None:
+    """The resume state of an interrupted run, or None; an unreadable one (or one without every `required` key)
+    is reported, removed, and ignored."""
     if not path.is_file():
         return None
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-        missing = _RESUME_STATE - set(saved)
+        missing = set(required) - set(saved)
         if missing:
             raise KeyError(f"no {', '.join(sorted(missing))}")
         return saved
@@ -134,7 +136,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     history, first_epoch = History(), 0
 
     checkpoint_path = context.resume_dir / CHECKPOINT
-    saved = _load_checkpoint(checkpoint_path, device, context.echo, job.label)
+    saved = load_checkpoint(checkpoint_path, device, context.echo, job.label)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -189,7 +191,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
             due = cheap or time.perf_counter() - last_save >= save_cost / _CHECKPOINT_OVERHEAD
             if due and epoch + 1 < job.epochs:
                 clock = time.perf_counter()
-                _save_checkpoint(checkpoint_path, {
+                save_checkpoint(checkpoint_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "generator": generator.get_state(),
                     "train": history.train, "test": history.test, "elapsed": history.elapsed,

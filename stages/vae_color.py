@@ -1,8 +1,9 @@
-"""The vae_color stage: color exactly the gray images a VAE entry handed on, with a trained colorizer.
+"""The vae_color and gan_color stages: color exactly the gray images a generator entry handed on.
 
-Reads the VAE's outputs (stages.vae_outputs) and both models' configs (stages.checkpoints), the colorizer's
-weights, and the prepared set's true colors for the reconstructed test faces. Cheap: nothing is trained, so a
-changed VAE re-runs only this, not the colorizer.
+One run function for both declarations: the generator is the upstream stage other than prepare and colorize.
+Reads its outputs (stages.vae_outputs: samples and interpolations from any generator, plus a VAE's traversals
+and reconstructions), the colorizer's config and weights (stages.checkpoints), and the prepared set's true colors
+for the reconstructed test faces. Cheap: nothing is trained, so a changed generator re-runs only this.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from stages import metrics as m
 from stages import vae_outputs
-from stages.checkpoints import MODEL, VaeConfig, load_colorizer, read_config
+from stages.checkpoints import MODEL, load_colorizer
 from stages.contract import Figure, StageContext, StageError, write_figures
 from stages.luma import luma_of
 from stages.models import apply_colorizer
@@ -23,7 +24,7 @@ from stages.training import resolve_device
 from stages.viz import save_grid
 
 
-SAMPLES_PER_TAG = 8  # VAE samples in each row of samples_by_<tag>.png
+SAMPLES_PER_TAG = 8  # generated samples in each row of samples_by_<tag>.png
 
 
 def _color_array(model, gray: np.ndarray, exact: bool, device, tag: int | None = None) -> torch.Tensor:
@@ -36,46 +37,60 @@ def _color_array(model, gray: np.ndarray, exact: bool, device, tag: int | None =
 
 
 def save_samples_by_tag(model, config, samples: np.ndarray, out_dir: Path, device) -> None:
-    """The same VAE samples colored once per value of the colorizer's tag, one row per value (row 0: no tag)."""
+    """The same generated samples colored once per value of the colorizer's tag, one row per value (row 0: no tag)."""
     shown = samples[:SAMPLES_PER_TAG]
     tags = range(len(config.condition_values) + 1)
     rows = [_color_array(model, shown, config.exact_luma, device, tag) for tag in tags]
     name = f"samples_by_{config.condition}.png"
     save_grid(torch.cat(rows), len(shown), out_dir / name,
               [f"{config.condition}: no tag"] + [f"{config.condition}={v}" for v in config.condition_values])
-    write_figures(out_dir, [Figure(name, f"the same VAE samples colored as each {config.condition} tag value")])
+    write_figures(out_dir, [Figure(name, f"the same samples colored as each {config.condition} tag value")])
 
 
 def run(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
-    vae_dir = inputs["vae"]
-    vae_config = read_config(vae_dir / MODEL, VaeConfig)
+    generator = next(name for name in inputs if name not in ("prepare", "colorize"))
+    generator_dir = inputs[generator]
     device = resolve_device(context.device)
     model, config = load_colorizer(inputs["colorize"] / MODEL, device)
-    if vae_config.size != config.size:
-        raise StageError(f"the colorizer works on {config.size}px images but the VAE on {vae_config.size}px: "
+    generated = vae_outputs.read_generated(generator_dir)
+    size = generated.samples.shape[-1]
+    if size != config.size:
+        raise StageError(f"the colorizer works on {config.size}px images but the {generator} on {size}px: "
                          "re-run both on one prepared set")
-    gray = vae_outputs.read(vae_dir)
 
-    samples = _color_array(model, gray.samples, config.exact_luma, device)
+    samples = _color_array(model, generated.samples, config.exact_luma, device)
     save_grid(samples, 8, out_dir / "samples_color.png")
     if config.condition:
-        save_samples_by_tag(model, config, gray.samples, out_dir, device)
-    interpolation = _color_array(model, gray.interpolation, config.exact_luma, device)
+        save_samples_by_tag(model, config, generated.samples, out_dir, device)
+    interpolation = _color_array(model, generated.interpolation, config.exact_luma, device)
     save_grid(interpolation.flatten(0, 1), interpolation.shape[1], out_dir / "interpolation_color.png")
-    traversal = _color_array(model, gray.traversal, config.exact_luma, device)
+    np.save(out_dir / "samples_color.npy", samples.numpy())
+    np.save(out_dir / "interpolation_color.npy", interpolation.numpy())
+    colorfulness = m.colorfulness(samples).mean().item()
+    sample_luma_mse = (luma_of(samples) - torch.from_numpy(generated.samples)).pow(2).mean().item()
+    results = {"samples_colorfulness": colorfulness, "samples_luma_mse": sample_luma_mse,
+               "headline": f"colored the {generator}'s outputs: samples colorfulness {colorfulness:.1f}, "
+                           f"luma MSE {sample_luma_mse:.5f}"}
+    if vae_outputs.has_vae_outputs(generator_dir):
+        _color_vae_extras(model, config.exact_luma, vae_outputs.read(generator_dir), inputs["prepare"], device,
+                          out_dir)
+    return results
+
+
+def _color_vae_extras(model, exact: bool, gray: vae_outputs.VaeOutputs, prepared: Path, device, out_dir: Path):
+    """A VAE's latent traversals and its test reconstructions next to their true colors."""
+    traversal = _color_array(model, gray.traversal, exact, device)
     save_grid(traversal.flatten(0, 1), traversal.shape[1], out_dir / "traversal_color.png", gray.traversal_labels)
     originals, reconstructions = gray.reconstructions
-    colored = _color_array(model, reconstructions, config.exact_luma, device)
-    truth = torch.from_numpy(load_prepared(inputs["prepare"], 3)[0][gray.reconstruction_indices])
+    colored = _color_array(model, reconstructions, exact, device)
+    truth = torch.from_numpy(load_prepared(prepared, 3)[0][gray.reconstruction_indices])
     rows = [torch.from_numpy(originals).expand(-1, 3, -1, -1), torch.from_numpy(reconstructions).expand(-1, 3, -1, -1),
             colored, truth]
     save_grid(torch.cat(rows), len(truth), out_dir / "reconstructions_color.png")
-    for name, array in (("samples", samples), ("interpolation", interpolation), ("traversal", traversal),
-                        ("reconstructions", colored)):
-        np.save(out_dir / f"{name}_color.npy", array.numpy())
+    np.save(out_dir / "traversal_color.npy", traversal.numpy())
+    np.save(out_dir / "reconstructions_color.npy", colored.numpy())
 
-    colorfulness = m.colorfulness(samples).mean().item()
-    sample_luma_mse = (luma_of(samples) - torch.from_numpy(gray.samples)).pow(2).mean().item()
-    return {"samples_colorfulness": colorfulness, "samples_luma_mse": sample_luma_mse,
-            "headline": f"colored the VAE's outputs: samples colorfulness {colorfulness:.1f}, "
-                        f"luma MSE {sample_luma_mse:.5f}"}
+
+def run_gan(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
+    """gan_color's entry point: the same coloring; each stage declares its own, so each can be replaced alone."""
+    return run(params, inputs, out_dir, context)

@@ -1,7 +1,8 @@
-"""The gray images a VAE entry hands on to be colored, read and written through one set of names.
+"""The gray images a generator entry (vae, gan) hands on to be colored, read and written through one set of names.
 
-The VAE stage writes them next to its PNG grids; vae_color colors exactly these, so the colored grids show the
-same faces, row for row. Arrays are float32 in [0,1], (..., C, S, S).
+Every generator writes samples and interpolation rows (GeneratedImages); the VAE adds traversals and
+reconstructions (VaeOutputs). The stage writes them next to its PNG grids; vae_color and gan_color color exactly
+these, so the colored grids show the same faces, row for row. Arrays are float32 in [0,1], (..., C, S, S).
 """
 from __future__ import annotations
 
@@ -11,14 +12,34 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLES = "samples.npy"  # (N, C, S, S) decodes of z ~ N(0, I)
-INTERPOLATION = "interpolation.npy"  # (P, steps + 2, C, S, S): two test faces and the points between them
+SAMPLES = "samples.npy"  # (N, C, S, S) images drawn from the generator's prior
+INTERPOLATION = "interpolation.npy"  # (P, steps, C, S, S): rows of points on a line in latent space
 TRAVERSAL = "traversal.npy"  # (Z, steps, C, S, S): one row per latent dimension, ordered by KL
 TRAVERSAL_DIMS = "traversal_dims.npy"  # (Z,) the latent dimension of each traversal row
 TRAVERSAL_LABELS = "traversal_labels.json"  # one row label per traversal row ("z3  KL 4.1", "z7  inactive")
 RECONSTRUCTIONS = "reconstructions.npy"  # (2, R, C, S, S): test faces, then their reconstructions
 RECONSTRUCTION_INDICES = "reconstruction_indices.npy"  # (R,) their indices in the prepared set
 MANIFOLD = "manifold.npy"  # (side * side, C, S, S) for a 2-D latent space only
+
+
+@dataclass
+class GeneratedImages:
+    samples: np.ndarray
+    interpolation: np.ndarray
+
+
+def write_generated(folder: Path, images: GeneratedImages) -> None:
+    np.save(folder / SAMPLES, images.samples)
+    np.save(folder / INTERPOLATION, images.interpolation)
+
+
+def read_generated(folder: Path) -> GeneratedImages:
+    return GeneratedImages(samples=np.load(folder / SAMPLES), interpolation=np.load(folder / INTERPOLATION))
+
+
+def has_vae_outputs(folder: Path) -> bool:
+    """Whether the entry also holds a VAE's traversals and reconstructions."""
+    return (folder / TRAVERSAL).is_file()
 
 
 @dataclass
@@ -34,8 +55,7 @@ class VaeOutputs:
 
 
 def write(folder: Path, outputs: VaeOutputs) -> None:
-    np.save(folder / SAMPLES, outputs.samples)
-    np.save(folder / INTERPOLATION, outputs.interpolation)
+    write_generated(folder, GeneratedImages(outputs.samples, outputs.interpolation))
     np.save(folder / TRAVERSAL, outputs.traversal)
     np.save(folder / TRAVERSAL_DIMS, outputs.traversal_dims)
     (folder / TRAVERSAL_LABELS).write_text(json.dumps(outputs.traversal_labels), encoding="utf-8")

@@ -15,11 +15,14 @@ import numpy as np
 from click.testing import CliRunner, Result
 from PIL import Image, ImageDraw
 
-from pipeline.cli import main
+from pipeline.cli import DEFAULT_STAGES, main
+from pipeline.runner import plan
 from stages.registry import STAGE_NAMES
 
 GRID_PADDING = 4  # stages.viz.grid_image: make_grid(..., padding=4)
 GRID_TARGET_CELL = 90  # stages.viz scales images up by an integer factor to about this many pixels, never down
+# the stages a plain `pipeline prepare && pipeline run` visits, in pipeline order (opt-in stages such as gan are not)
+DEFAULT_RUN = ("prepare", *(spec.name for spec in plan(DEFAULT_STAGES.split(","))))
 SUMMARY_LINE = re.compile(r"^(\w+): (ran|cached|skipped)\b")
 
 

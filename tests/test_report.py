@@ -19,10 +19,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from click.testing import Result
 
-from helpers import SUMMARY_LINE, cli, latest_entry, metrics_of, read_manifest, succeeded, summary_lines
+from helpers import DEFAULT_RUN, SUMMARY_LINE, cli, latest_entry, metrics_of, read_manifest, succeeded, summary_lines
 from pipeline.cache import Cache
 from pipeline.report import scalar_metrics
-from stages.registry import STAGE_NAMES, stage
+from stages.registry import stage
 
 PREPARE = ("prepare", "--count", "48", "--size", "12", "--test-fraction", "0.25")
 PARAMS = ("--set", "vae.epochs=2", "--set", "vae.batch_size=16", "--set", "vae.latent_dim=10",
@@ -190,8 +190,8 @@ def test_every_metric_cell_equals_the_value_recorded_in_its_entry(report):
     outputs, _, page = report
     cells = [cell for cell in page.cells if cell[1] == "metrics"]
 
-    assert {section for section, *_ in cells} == set(STAGE_NAMES)
-    for section in STAGE_NAMES:
+    assert {section for section, *_ in cells} == set(DEFAULT_RUN)
+    for section in DEFAULT_RUN:
         entry = latest_entry(outputs, section)
         recorded = recorded_metrics(entry)
         shown = {key: json.loads(value) for s, _, key, value in cells if s == section}
@@ -211,7 +211,7 @@ def test_metrics_json_and_manifest_agree_where_a_stage_writes_both(report):
 def test_every_parameter_cell_equals_the_parameter_in_the_manifest(report):
     outputs, _, page = report
 
-    for section in STAGE_NAMES:
+    for section in DEFAULT_RUN:
         shown = {key: json.loads(value) for s, table, key, value in page.cells if s == section and table == "params"}
         assert shown == read_manifest(latest_entry(outputs, section))["params"], section
 
@@ -219,9 +219,9 @@ def test_every_parameter_cell_equals_the_parameter_in_the_manifest(report):
 def test_page_tags_each_stage_ran_or_cached_as_the_command_said_with_the_time_it_took(report):
     outputs, second, page = report
     said = statuses(second)
-    rows = {row[0][0]: row for row in page.overview if row and row[0][0] in STAGE_NAMES}
+    rows = {row[0][0]: row for row in page.overview if row and row[0][0] in DEFAULT_RUN}
 
-    assert list(rows) == list(STAGE_NAMES), "one overview row per stage, in pipeline order"
+    assert list(rows) == list(DEFAULT_RUN), "one overview row per stage, in pipeline order"
     for stage_name, row in rows.items():
         expected = said.get(stage_name, "earlier")  # prepare was not part of this command
         text, span = row[1]
@@ -236,7 +236,7 @@ def test_section_names_the_latest_folder_and_its_summary(report):
     outputs, _, page = report
     text = (outputs / "index.html").read_text(encoding="utf-8")
 
-    for stage_name in STAGE_NAMES:
+    for stage_name in DEFAULT_RUN:
         entry = latest_entry(outputs, stage_name)
         assert f"{stage_name}/{entry.name}/" in page.links
         assert html.escape(stage(stage_name).summary) in text
@@ -268,7 +268,7 @@ def test_latest_is_a_relative_link_to_a_trusted_entry(report):
     outputs, _, _ = report
     cache = Cache(outputs)
 
-    for stage_name in STAGE_NAMES:
+    for stage_name in DEFAULT_RUN:
         link = outputs / stage_name / "latest"
         assert link.is_symlink()
         target = os.readlink(link)
@@ -281,7 +281,7 @@ def test_latest_is_a_relative_link_to_a_trusted_entry(report):
 def test_every_manifest_has_a_one_line_summary_of_what_the_folder_holds(report):
     outputs, _, _ = report
 
-    for stage_name in STAGE_NAMES:
+    for stage_name in DEFAULT_RUN:
         for manifest in Cache(outputs).entries(stage_name):
             summary = manifest.summary
             assert summary == stage(stage_name).summary

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from helpers import cli, latest_entry, read_manifest, replace_stage_entry, succeeded, summary_lines
+from helpers import DEFAULT_RUN, cli, latest_entry, read_manifest, replace_stage_entry, succeeded, summary_lines
 from pipeline.cache import Cache
-from stages.registry import STAGES, STAGE_NAMES
+from stages.registry import STAGES
 
 PREPARE = ("prepare", "--count", "48", "--size", "12")
 BASE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=4", "--set", "vae.epochs=2", "--set", "colorize.epochs=1")
@@ -56,7 +56,7 @@ def status_of(outputs: Path, *args) -> dict[str, tuple[str, str]]:
     lines = {}
     for line in result.output.splitlines():
         match = STATUS_LINE.match(line)
-        assert match and match.group(1) in STAGE_NAMES, f"unexpected line {line!r}"
+        assert match and match.group(1) in DEFAULT_RUN, f"unexpected line {line!r}"
         lines[match.group(1)] = (match.group(2), match.group(3))
     return lines
 
@@ -77,7 +77,7 @@ def test_status_with_the_settings_of_the_last_run_says_every_stage_is_cached(cac
 
     lines = status_of(outputs, *BASE)
 
-    assert list(lines) == list(STAGE_NAMES)
+    assert list(lines) == list(DEFAULT_RUN)
     for stage_name, (entry, state) in lines.items():
         assert state == "cached", lines
         assert entry == latest_entry(outputs, stage_name).name
@@ -156,8 +156,8 @@ def removal_lines(result: Result, verb: str) -> set[str]:
 def test_clean_keep_1_removes_the_older_chain_and_reports_the_space_freed(cache_of):
     outputs = cache_of((*FULL, *BASE, *Z2), (*FULL, *BASE, *Z3))
     old = {stage_name: entries(outputs, stage_name) - {latest_entry(outputs, stage_name).name}
-           for stage_name in STAGE_NAMES}
-    assert [len(old[s]) for s in STAGE_NAMES] == [0, 1, 0, 1, 1], "the z2 vae and what was built on it"
+           for stage_name in DEFAULT_RUN}
+    assert [len(old[s]) for s in DEFAULT_RUN] == [0, 1, 0, 1, 1], "the z2 vae and what was built on it"
     freed = sum(sum(Cache(outputs).manifest(outputs / s / e).files.values()) for s in old for e in old[s])
 
     result = succeeded(cli(outputs, "clean", "--keep", "1"))
@@ -165,7 +165,7 @@ def test_clean_keep_1_removes_the_older_chain_and_reports_the_space_freed(cache_
     assert removal_lines(result, "removed") == {f"{s}/{e}" for s in old for e in old[s]}
     assert f"freed {freed / 2**20:.1f} MiB in 3 entries" in result.output
     assert freed >= PAYLOAD["vae"] + PAYLOAD["vae_color"] + PAYLOAD["concepts"]
-    for stage_name in STAGE_NAMES:
+    for stage_name in DEFAULT_RUN:
         assert entries(outputs, stage_name) == {latest_entry(outputs, stage_name).name}
         for entry in old[stage_name]:
             assert not (outputs / stage_name / entry).exists()
@@ -209,7 +209,7 @@ def test_clean_keeps_the_entry_latest_points_at_even_when_it_is_not_the_newest(c
 
     assert (outputs / "vae" / z2).is_dir()
     assert {line.split("/")[0] for line in removal_lines(result, "removed")} == {"vae", "vae_color", "concepts"}
-    for stage_name in STAGE_NAMES:
+    for stage_name in DEFAULT_RUN:
         assert entries(outputs, stage_name) == {latest_entry(outputs, stage_name).name}
     lines = status_of(outputs, *BASE, *Z2)
     assert all(state == "cached" for _, state in lines.values()), "nothing the current settings use was removed"

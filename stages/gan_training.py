@@ -1,0 +1,158 @@
+"""Training a GAN: the non-saturating loss, one alternating step, and a resumable, NaN-guarded loop.
+
+The loss is the chapter's: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0); G minimises BCE(D(G(z)), 1), the
+non-saturating form (Goodfellow et al. 2014, section 3), whose gradient does not vanish while D still wins.
+Spectral norm in D (Miyato et al. 2018) is the stabiliser, built into the models (stages/gan_models.py).
+
+Speed on a small CPU, as in stages/training.py: the training set is one tensor, batches are index slices of a
+seeded permutation, Adam is fused, and real and fake images go through D in one forward pass (D has no
+BatchNorm, so sharing the pass changes nothing but the number of kernel launches). All randomness comes from
+one seeded torch.Generator saved with each checkpoint (at an epoch's end, as often as costs under 5% of the time), so
+an interrupted run resumes from the last one exactly as if it had not stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from stages.contract import StageContext, StageError
+from stages.training import CHECKPOINT, load_checkpoint, save_checkpoint
+
+_CHECKPOINT_OVERHEAD = 0.05  # at most this fraction of training time goes into writing resume checkpoints
+_RESUME_STATE = {"generator", "discriminator", "opt_g", "opt_d", "random", "dropout_random", "history"}
+BETAS = (0.5, 0.999)  # DCGAN's Adam momentum (Radford et al. 2016): β1 0.9 oscillates in the two-player game
+
+
+@dataclass
+class GanHistory:
+    """Per-epoch means: the two losses and D's mean probability of "real" for real and for generated images."""
+
+    g_loss: list[float] = field(default_factory=list)
+    d_loss: list[float] = field(default_factory=list)
+    d_real: list[float] = field(default_factory=list)
+    d_fake: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # training time, summed over interrupted sessions
+    images: int = 0  # real training images shown to D
+
+    def as_dict(self) -> dict:
+        return {"g_loss": self.g_loss, "d_loss": self.d_loss, "d_real": self.d_real, "d_fake": self.d_fake,
+                "seconds": self.seconds, "images": self.images}
+
+
+@dataclass
+class GanJob:
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    real: torch.Tensor  # (N, C, S, S) training images in [-1, 1], on the device
+    labels: torch.Tensor | None  # (N,) class indices for a conditional GAN, else None
+    noise_dim: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    label: str = "gan"
+
+
+def adam(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=BETAS, fused=True)
+    except (RuntimeError, TypeError):  # builds without a fused kernel for this device
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=BETAS, foreach=True)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating: -log D(G(z)) rather than log(1 - D(G(z)))."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def gan_step(generator, discriminator, opt_g, opt_d, real, labels, z, fake_labels) -> dict[str, torch.Tensor]:
+    """One D update on a real and a generated batch, then one G update through the updated D."""
+    batch = len(real)
+    fake = generator(z, fake_labels)
+    both = torch.cat([real, fake.detach()])  # (2B, C, S, S): one pass through D
+    both_labels = None if labels is None else torch.cat([labels, fake_labels])
+    logits = discriminator(both, both_labels)
+    d_loss = discriminator_loss(logits[:batch], logits[batch:])
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+
+    g_loss = generator_loss(discriminator(fake, fake_labels))
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    probabilities = torch.sigmoid(logits.detach())
+    return {"g_loss": g_loss.detach(), "d_loss": d_loss.detach(),
+            "d_real": probabilities[:batch].mean(), "d_fake": probabilities[batch:].mean()}
+
+
+def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHistory:
+    """Train G and D in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists."""
+    generator, discriminator, count = job.generator, job.discriminator, job.real.shape[0]
+    opt_g, opt_d = adam(generator, job.lr), adam(discriminator, job.lr)
+    random = torch.Generator(device=device).manual_seed(job.seed)
+    history = GanHistory()
+
+    checkpoint_path = context.resume_dir / CHECKPOINT
+    saved = load_checkpoint(checkpoint_path, device, context.echo, job.label, _RESUME_STATE)
+    if saved is not None:
+        generator.load_state_dict(saved["generator"])
+        discriminator.load_state_dict(saved["discriminator"])
+        opt_g.load_state_dict(saved["opt_g"])
+        opt_d.load_state_dict(saved["opt_d"])
+        random.set_state(saved["random"].cpu() if device.type == "cpu" else saved["random"])
+        torch.set_rng_state(saved["dropout_random"].cpu())  # fc's dropout draws from torch's own CPU stream
+        history = GanHistory(**saved["history"])
+        context.echo(f"{job.label}: resuming from epoch {len(history.g_loss)} of {job.epochs} (checkpoint of an "
+                     "interrupted run)")
+
+    classes = getattr(generator, "classes", 0)
+    steps_per_epoch = math.ceil(count / job.batch_size)
+    last_save, save_cost = time.perf_counter(), 0.0  # the first epoch's end always saves, and times the save
+    with context.progress(job.epochs, job.label) as bar:
+        bar.advance(len(history.g_loss))
+        for epoch in range(len(history.g_loss), job.epochs):
+            started = time.perf_counter()
+            generator.train()
+            discriminator.train()
+            order = torch.randperm(count, generator=random, device=device)
+            sums = dict.fromkeys(("g_loss", "d_loss", "d_real", "d_fake"), 0.0)  # tensors: no sync per step
+            for start in range(0, count, job.batch_size):
+                index = order[start:start + job.batch_size]
+                z = torch.randn(len(index), job.noise_dim, generator=random, device=device)
+                labels = None if job.labels is None else job.labels[index]
+                fake_labels = None if labels is None else torch.randint(classes, (len(index),), generator=random,
+                                                                         device=device)
+                stats = gan_step(generator, discriminator, opt_g, opt_d, job.real[index], labels, z, fake_labels)
+                for name, value in stats.items():
+                    sums[name] = sums[name] + value
+            means = {name: total.item() / steps_per_epoch for name, total in sums.items()}
+            if not (math.isfinite(means["g_loss"]) and math.isfinite(means["d_loss"])):
+                raise StageError(f"{job.label}: a loss became non-finite at epoch {epoch + 1}; training stopped and "
+                                 f"nothing was saved. Lower the learning rate (--set {job.label}.lr=...) and run "
+                                 "again")
+            history.seconds += time.perf_counter() - started
+            history.images += count
+            for name, mean in means.items():
+                getattr(history, name).append(mean)
+            bar.advance(1, f"D(real) {history.d_real[-1]:.2f} D(fake) {history.d_fake[-1]:.2f}")
+            if epoch + 1 < job.epochs and time.perf_counter() - last_save >= save_cost / _CHECKPOINT_OVERHEAD:
+                clock = time.perf_counter()
+                save_checkpoint(checkpoint_path, {  # the keys of _RESUME_STATE
+                    "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "random": random.get_state(),
+                    "dropout_random": torch.get_rng_state(), "history": history.as_dict()}, job.label)
+                last_save = time.perf_counter()
+                save_cost = last_save - clock
+    generator.eval()
+    discriminator.eval()
+    return history
