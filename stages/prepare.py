@@ -1,7 +1,7 @@
 """The prepare stage: any image source -> N square color images, their luma, a seeded split and a preview.
 
 Outputs (all plain numpy / CSV / PNG, nothing pickled):
-    color.npy    (N, S, S, 3) uint8
+    color.npy    (N, S, S, 3) uint8, written a chunk at a time (stages/spool.py): open with mmap_mode="r"
     gray.npy     (N, S, S) uint8, luma of color with the shared BT.601 weights
     split.npz    train, test: int64 indices into the arrays, disjoint, seeded
     sources.csv  index, file, content_hash of every kept image
@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,7 @@ from stages.luma import luma_uint8
 from stages.parallel import WorkerDied, batched, map_in_order
 from stages.params import PrepareParams
 from stages.registry import StageContext, StageError
+from stages.spool import CHUNK_BYTES, RowSpool
 from stages.sources import DecodedImage, SourceError, describe_source, folder_files, read_images, resize_square
 
 EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
@@ -35,6 +37,7 @@ _GENERATOR_VERSION = "faces-1"  # bump when stages/faces.py draws differently
 _PREVIEW_COUNT = 32
 _EMBEDDED_BATCH = 32  # faces per worker job: ~80 ms of drawing, so the pool's cost per job is noise
 _MAX_WARNINGS = 20
+_COLOR_SPOOL, _GRAY_SPOOL = ".color.spool", ".gray.spool"  # scratch files in the stage's folder, deleted by run
 
 
 def fingerprint(params: PrepareParams) -> str:
@@ -125,27 +128,56 @@ def _match_labels(names: list[str], rows: dict[str, dict[str, str]]) -> list[dic
     return matched
 
 
-def _collect(images: Iterator[DecodedImage], context: StageContext, total: int | None, label: str):
-    """Stream the decoded images into compact arrays, warning (a bounded number of times) about skipped ones."""
-    kept: list[DecodedImage] = []
-    skipped: collections.Counter[str] = collections.Counter()
+@dataclass
+class _Collected:
+    """What prepare keeps of every decoded image: pixels spooled to disk, names and hashes in memory."""
+
+    color: RowSpool  # (S, S, 3) uint8 rows
+    gray: RowSpool  # (S, S) uint8 rows, luma of color
+    names: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)
+    perceptual_hashes: list[np.ndarray] = field(default_factory=list)  # (chunk,) uint64, when deduplicating
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, images: list[DecodedImage], hash_gray: bool) -> None:
+        color = np.stack([image.pixels for image in images])
+        gray = luma_uint8(color)
+        self.color.append(color)
+        self.gray.append(gray)
+        if hash_gray:
+            self.perceptual_hashes.append(perceptual_hashes(gray))
+        self.names += [image.name for image in images]
+        self.content_hashes += [image.content_hash for image in images]
+
+
+def _collect(images: Iterator[DecodedImage], collected: _Collected, hash_gray: bool, context: StageContext,
+             total: int | None, label: str) -> None:
+    """Stream the decoded images into the spools a chunk at a time, warning (a bounded number of times) about
+    skipped ones: only one chunk of pixels is ever in memory."""
+    chunk: list[DecodedImage] = []
     with context.progress(total or 0, label) as bar:
         for image in images:
             bar.advance(1)
             if image.pixels is None:
-                skipped[image.skip_reason] += 1
-                if sum(skipped.values()) <= _MAX_WARNINGS:
+                collected.skipped[image.skip_reason] += 1
+                if collected.skipped.total() <= _MAX_WARNINGS:
                     context.echo(f"warning: skipped {image.name}: {image.skip_reason}")
                 continue
-            kept.append(image)
-    hidden = sum(skipped.values()) - _MAX_WARNINGS
+            chunk.append(image)
+            if len(chunk) * collected.color.row_bytes >= CHUNK_BYTES:
+                collected.add(chunk, hash_gray)
+                chunk = []
+    if chunk:
+        collected.add(chunk, hash_gray)
+    hidden = collected.skipped.total() - _MAX_WARNINGS
     if hidden > 0:
         context.echo(f"warning: ... and {hidden} more skipped files (counts by reason in the manifest)")
-    return kept, skipped
 
 
-def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
-    """Pairs of (gray | color), 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+def _preview(gray_path: Path, color_path: Path, path: Path) -> None:
+    """Pairs of (gray | color) of the first images, 8 pairs a row, scaled up so each is about 90 px wide: a
+    person can see a 30x30 face, and a 64x64 photo does not make a 10 MB PNG."""
+    gray, color = np.load(gray_path, mmap_mode="r"), np.load(color_path, mmap_mode="r")
     count = min(len(gray), _PREVIEW_COUNT)
     size, columns, gap = gray.shape[1], 8, 2
     rows = -(-count // columns)
@@ -154,8 +186,8 @@ def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
         top, left = gap + (i // columns) * (size + gap), gap + (i % columns) * (2 * size + gap)
         canvas[top:top + size, left:left + size] = gray[i][..., None]
         canvas[top:top + size, left + size:left + 2 * size] = color[i]
-    image = Image.fromarray(canvas)
-    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
+    image, scale = Image.fromarray(canvas), -(-90 // size)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
 
 
 def _write_labels(path: Path, names: list[str], tags: list[dict[str, str] | None]) -> list[str]:
@@ -181,52 +213,55 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
     else:
         images = _embedded_images(params.count, params.size, params.crop, context.workers, labels)
         origin = "embedded procedural faces"
-    try:
-        kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES),
-                                 "decoding images" if params.source else "drawing faces")
-    except WorkerDied as error:
-        raise StageError(str(error)) from None
-
-    color = np.stack([image.pixels for image in kept]) if kept else np.zeros((0, params.size, params.size, 3),
-                                                                              np.uint8)
-    gray = luma_uint8(color)
     # The embedded faces are distinct by construction; a perceptual hash would only confuse look-alike cartoons.
-    check_duplicates = params.dedupe and params.source and len(gray)
-    duplicates = duplicate_mask(perceptual_hashes(gray)) if check_duplicates else np.zeros(len(gray), bool)
-    usable = np.flatnonzero(~duplicates)
-    if params.count and len(usable) < params.count:
-        raise StageError(f"only {len(usable)} usable images in {origin} ({sum(skipped.values())} skipped, "
-                         f"{int(duplicates.sum())} duplicates), fewer than --count {params.count}: "
-                         f"use --count {len(usable)} or --count all")
-    if len(usable) < 2:
-        raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
-    rng = np.random.default_rng(params.seed)
-    chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
-    color, gray = color[chosen], gray[chosen]
-    names = [kept[i].name for i in chosen]
+    hash_gray = bool(params.dedupe and params.source)
+    side = params.size
+    with RowSpool(out_dir / _COLOR_SPOOL, (side, side, 3), np.uint8) as color, \
+            RowSpool(out_dir / _GRAY_SPOOL, (side, side), np.uint8) as gray:
+        collected = _Collected(color, gray)
+        try:
+            _collect(images, collected, hash_gray, context,
+                     None if params.source else (params.count or EMBEDDED_FACES),
+                     "decoding images" if params.source else "drawing faces")
+        except WorkerDied as error:
+            raise StageError(str(error)) from None
+        skipped = collected.skipped
+        kept = len(collected.names)
+        duplicates = (duplicate_mask(np.concatenate(collected.perceptual_hashes)) if hash_gray and kept
+                      else np.zeros(kept, bool))
+        usable = np.flatnonzero(~duplicates)
+        if params.count and len(usable) < params.count:
+            raise StageError(f"only {len(usable)} usable images in {origin} ({skipped.total()} skipped, "
+                             f"{int(duplicates.sum())} duplicates), fewer than --count {params.count}: "
+                             f"use --count {len(usable)} or --count all")
+        if len(usable) < 2:
+            raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
+        rng = np.random.default_rng(params.seed)
+        chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
+        color.save(out_dir / "color.npy", chosen)
+        gray.save(out_dir / "gray.npy", chosen)
+    names = [collected.names[i] for i in chosen]
 
     order = rng.permutation(len(chosen))
     test_count = int(round(len(chosen) * params.test_fraction))
     if params.test_fraction > 0:
         test_count = min(max(test_count, 1), len(chosen) - 1)
     np.savez(out_dir / "split.npz", train=np.sort(order[test_count:]), test=np.sort(order[:test_count]))
-    np.save(out_dir / "color.npy", color)
-    np.save(out_dir / "gray.npy", gray)
     with open(out_dir / "sources.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "file", "content_hash"])
-        writer.writerows((i, name, kept[k].content_hash) for i, (name, k) in enumerate(zip(names, chosen)))
+        writer.writerows((i, collected.names[k], collected.content_hashes[k]) for i, k in enumerate(chosen))
     if params.labels:
         columns, rows = _read_label_csv(Path(params.labels))
         tags = _match_labels(names, rows)
     else:
         tags = [labels.get(name) for name in names]
     tag_columns = _write_labels(out_dir / "labels.csv", names, tags)
-    _preview(gray, color, out_dir / "preview.png")
+    _preview(out_dir / "gray.npy", out_dir / "color.npy", out_dir / "preview.png")
     (out_dir / "dataset.json").write_text(json.dumps(
         {"source": origin, "embedded": not params.source, "size": params.size, "images": len(chosen)}, indent=1))
 
-    counts = {"read": len(kept) + sum(skipped.values()), "skipped": sum(skipped.values()),
+    counts = {"read": kept + skipped.total(), "skipped": skipped.total(),
               "skipped_by_reason": dict(skipped), "duplicates": int(duplicates.sum()), "kept": len(chosen),
               "train": len(chosen) - test_count, "test": test_count,
               "labelled": sum(1 for t in tags if t), "label_columns": tag_columns}

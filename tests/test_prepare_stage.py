@@ -58,6 +58,7 @@ def test_embedded_default_writes_gray_color_split_sources_labels_and_preview(emb
     assert len(read_csv(entry / "labels.csv")) == 40
     with Image.open(entry / "preview.png") as preview:
         assert preview.format == "PNG"
+    assert not list(entry.glob(".*spool")), "the scratch spools are deleted, never published"
         preview.load()
         assert preview.width > 30 and preview.height > 30
 
