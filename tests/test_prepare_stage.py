@@ -58,9 +58,9 @@ def test_embedded_default_writes_gray_color_split_sources_labels_and_preview(emb
     assert len(read_csv(entry / "labels.csv")) == 40
     with Image.open(entry / "preview.png") as preview:
         assert preview.format == "PNG"
-    assert not list(entry.glob(".*spool")), "the scratch spools are deleted, never published"
         preview.load()
         assert preview.width > 30 and preview.height > 30
+    assert not list(entry.glob(".*spool")), "the scratch spools are deleted, never published"
 
 
 def test_gray_is_the_luma_of_color_rounded_to_nearest_for_every_pixel(embedded):
