@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pipeline  # noqa: E402,F401  (first: it sets the environment the CLI runs with before numpy loads)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads, as `pipeline` (cli.main) sets it
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 

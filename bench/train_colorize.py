@@ -36,7 +36,8 @@ import trainbench as tb  # noqa: E402  (first: it sets torch's environment befor
 import torch  # noqa: E402
 from stages.colorize import evaluate_colorizer, mean_color_psnr, training_job  # noqa: E402
 from stages.metrics import colorfulness  # noqa: E402
-from stages.models import build_colorizer, luma_of  # noqa: E402
+from stages.luma import luma_of  # noqa: E402
+from stages.models import build_colorizer  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from stages.models import build_vae  # noqa: E402
 from stages.params import VaeParams  # noqa: E402
 from stages.training import Job  # noqa: E402
-from stages.vae import _evaluator, evaluate_model, vae_loss  # noqa: E402
+from stages.vae import evaluate_model, test_loss_evaluator, vae_loss  # noqa: E402
 
 EVAL_IMAGES = 2000  # keeps evaluate_model's PSNR/SSIM loop short; the -ELBO itself is cheap
 
@@ -55,7 +55,7 @@ def main() -> None:
 
         def train_ours(model):
             return tb.ours(Job(model=model, train_data=(train,), batch_loss=batch_loss,
-                               evaluate=_evaluator(test, params), epochs=params.epochs, batch_size=batch_size,
+                               evaluate=test_loss_evaluator(test, params), epochs=params.epochs, batch_size=batch_size,
                                lr=lr, seed=params.seed, label="vae"))
         return train_ours
 

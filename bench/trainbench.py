@@ -3,7 +3,7 @@ stages.training.fit, the reference DataLoader loop) and the side-by-side table.
 
 The faces are the embedded generator's (generate_face -> resize_square(30) -> luma_uint8), drawn in parallel once
 and cached in the temp folder in `pipeline prepare`'s layout (gray.npy, color.npy, split.npz with 10% test), so
-both scripts read them, or a real `--prepared DIR`, through stages.vae.load_prepared."""
+both scripts read them, or a real `--prepared DIR`, through stages.prepared_set.load_prepared."""
 from __future__ import annotations
 
 import argparse
@@ -20,18 +20,18 @@ from types import SimpleNamespace
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads, as `pipeline` (cli.main) sets it
 
-import pipeline  # noqa: E402,F401  (before torch: it sets the environment torch reads, as the CLI runs with)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from stages.faces import generate_face  # noqa: E402
 from stages.luma import luma_uint8  # noqa: E402
-from stages.registry import StageContext  # noqa: E402
+from stages.contract import StageContext  # noqa: E402
 from stages.sources import resize_square  # noqa: E402
 from stages.training import Job, fit, resolve_device  # noqa: E402
-from stages.vae import load_prepared  # noqa: E402
+from stages.prepared_set import load_prepared  # noqa: E402
 
 SIZE, TEST_FRACTION, REFERENCE_BATCH = 30, 0.1, 64
 

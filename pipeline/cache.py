@@ -14,13 +14,14 @@ recorded size: a killed run, a half-copied folder or a hand-deleted image all re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,25 +51,67 @@ class Key:
 
     @property
     def entry(self) -> str:
+        """The cache entry's folder name: readable label, then the digest that makes it unique."""
         return f"{self.label}-{self.digest}"
 
 
-def explain_change(old: dict[str, Any] | None, new: Key) -> str:
+@dataclass(frozen=True)
+class Manifest:
+    """What a published entry is and how it was made: manifest.json, written and read only here.
+
+    The runner fills it in; `Cache.publish` adds the file list and seals it; `Cache.manifest` reads it back, and
+    reads any entry it cannot parse as untrusted (not cached)."""
+
+    stage: str
+    entry: str  # the folder name, Key.entry
+    summary: str  # what the folder holds, from the stage's declaration
+    version: int
+    params: dict[str, Any]  # every parameter, as the stage saw it
+    key_params: dict[str, Any]  # the hashed ones
+    upstream: dict[str, str]  # upstream stage -> the entry it read
+    fingerprint: str
+    versions: dict[str, str]  # python and package versions
+    started: str  # now() timestamps: UTC, ISO 8601, so they sort as strings
+    finished: str
+    seconds: float
+    reason: str  # why it ran
+    metrics: dict[str, Any]
+    files: dict[str, int] = field(default_factory=dict)  # relative path -> size, every file but the manifest
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["inputs"] = {"upstream": data.pop("upstream"), "fingerprint": data.pop("fingerprint")}
+        return json.dumps({**data, "complete": True}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest | None":
+        """The manifest in `text`, or None unless it parses, is complete and has every field."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.pop("complete", None) is not True:
+                return None
+            inputs = data.pop("inputs")
+            return cls(**data, upstream=inputs["upstream"], fingerprint=inputs["fingerprint"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+def explain_change(old: Manifest | None, new: Key) -> str:
     """Why `new` differs from the entry whose manifest is `old`, in words a user can act on."""
     if old is None:
         return "nothing cached yet"
     reasons = []
-    if old.get("version") != new.version:
-        reasons.append(f"stage code version {old.get('version')} -> {new.version}")
-    old_params = old.get("key_params", {})
+    if old.version != new.version:
+        reasons.append(f"stage code version {old.version} -> {new.version}")
+    old_params = old.key_params
     for name in sorted(set(old_params) | set(new.params)):
         if old_params.get(name) != new.params.get(name):
             reasons.append(f"{new.stage}.{name} {old_params.get(name)!r} -> {new.params.get(name)!r}")
-    old_upstream = old.get("inputs", {}).get("upstream", {})
+    old_upstream = old.upstream
     for name in sorted(set(old_upstream) | set(new.upstream)):
         if old_upstream.get(name) != new.upstream.get(name):
             reasons.append(f"{name} changed ({old_upstream.get(name)} -> {new.upstream.get(name)})")
-    if old.get("inputs", {}).get("fingerprint", "") != new.fingerprint:
+    if old.fingerprint != new.fingerprint:
         reasons.append("source files changed")
     return ", ".join(reasons) or "cached entry missing or incomplete"
 
@@ -81,28 +124,28 @@ class Cache:
     def entry_dir(self, stage: str, entry: str) -> Path:
         return self.root / stage / entry
 
-    def manifest(self, path: Path) -> dict[str, Any] | None:
+    def manifest(self, path: Path) -> Manifest | None:
         """The manifest of a trusted entry, or None for anything incomplete or tampered with."""
         try:
-            data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = Manifest.from_json((path / MANIFEST).read_text(encoding="utf-8"))
+        except OSError:
             return None
-        if not isinstance(data, dict) or data.get("complete") is not True:
+        if data is None:
             return None
-        for name, size in data.get("files", {}).items():
+        for name, size in data.files.items():
             file = path / name
             if not file.is_file() or file.stat().st_size != size:
                 return None
         return data
 
-    def lookup(self, key: Key) -> dict[str, Any] | None:
+    def lookup(self, key: Key) -> Manifest | None:
         return self.manifest(self.entry_dir(key.stage, key.entry))
 
-    def latest(self, stage: str) -> dict[str, Any] | None:
+    def latest(self, stage: str) -> Manifest | None:
         return self.manifest(self.root / stage / LATEST)
 
-    def entries(self, stage: str) -> list[dict[str, Any]]:
-        """Trusted entries of a stage, newest first."""
+    def entries(self, stage: str) -> list[Manifest]:
+        """Trusted entries of a stage, newest first (ties, down to the millisecond, broken by folder name)."""
         folder = self.root / stage
         if not folder.is_dir():
             return []
@@ -113,7 +156,7 @@ class Cache:
             data = self.manifest(path)
             if data is not None:
                 found.append(data)
-        return sorted(found, key=lambda m: m.get("finished", ""), reverse=True)
+        return sorted(found, key=lambda m: (m.finished, m.entry), reverse=True)
 
     # ----- writing -------------------------------------------------------------------------------------------------
     def resume_dir(self, key: Key) -> Path:
@@ -128,12 +171,11 @@ class Cache:
         path.mkdir(parents=True)
         return path
 
-    def publish(self, key: Key, staging: Path, manifest: dict[str, Any]) -> Path:
+    def publish(self, key: Key, staging: Path, manifest: Manifest) -> Path:
         """Seal `staging` with its manifest and move it into place in one rename."""
         files = {p.relative_to(staging).as_posix(): p.stat().st_size
                  for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = {**manifest, "files": files, "complete": True}
-        _write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        _write_atomic(staging / MANIFEST, dataclasses.replace(manifest, files=files).to_json())
         final = self.entry_dir(key.stage, key.entry)
         if final.exists():  # a forced re-run replaces the old entry
             retired = final.with_name(f".retired-{key.entry}-{os.getpid()}")
@@ -210,4 +252,5 @@ def _fsync_dir(path: Path) -> None:
 
 
 def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+    """The time, read once, as UTC ISO 8601 to the millisecond: such strings sort in time order."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -6,6 +6,7 @@ stage that trains actually runs.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import click
 from pipeline import params as params_mod
 from pipeline import runner
 from pipeline.params import UsageError
+from stages.contract import StageError
 from stages.params import PrepareParams
-from stages.registry import STAGES, StageError
+from stages import registry
+from stages.registry import SOURCE_STAGE
 
 DEFAULT_STAGES = "vae,colorize,concepts"
-PARAM_TABLES = {spec.name: spec.params for spec in STAGES if spec.name != "prepare"}
 _UNKNOWN_TOTAL_STRIDE = 256  # progress steps per redraw when a stage cannot know its total in advance
 
 
@@ -110,6 +112,13 @@ def main() -> None:
     pipeline run                          all stages, concept vectors included
     pipeline status                       what is cached, and what would re-run and why
     """
+    # torch reads this at its first allocation, and no command has loaded torch yet: big tensors (StackNN's
+    # weight gradient, made afresh each step) then come in 2 MB pages (docs/decisions.md). A user's setting wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Nor numpy: one OpenBLAS thread per process. prepare's decode pool is already one process per core, and
+    # BLAS threads on top spin against each other: the Lanczos resize (two small matrix products) took a hundred
+    # times as long (docs/decisions.md). Every numpy product the stages do is that small.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _parse_count(value: str) -> int:
@@ -148,27 +157,33 @@ def _parse_crop(value: str) -> float:
 @click.option("--force", is_flag=True, help="Rebuild even if an identical set is cached.")
 @outputs_option
 def prepare(source, labels, count, size, crop, seed, test_fraction, dedupe, workers, force, outputs) -> None:
-    """Build the image set: gray + color arrays, a seeded train/test split and preview.png."""
+    """Build the image set: gray + color arrays, a seeded train/test split and a preview grid."""
     with _user_errors():
         overrides = {"source": str(source or ""), "labels": str(labels or ""), "count": _parse_count(count),
                      "size": size, "crop": _parse_crop(crop), "seed": seed, "test_fraction": test_fraction,
                      "dedupe": dedupe}
-        prepare_params = params_mod.build(PrepareParams, "prepare", overrides)
-        outcome = runner.run_prepare(prepare_params, _settings(outputs, workers=workers), force)
+        prepare_params = params_mod.build(PrepareParams, SOURCE_STAGE, overrides)
+        outcome = runner.run_source(prepare_params, _settings(outputs, workers=workers), force)
         _print_outcome(outcome, outputs)
         _write_report(outputs, [outcome])
 
 
+def _param_tables() -> dict[str, type]:
+    """Stage name -> its parameter dataclass, for every stage `pipeline run` can run."""
+    return {spec.name: spec.params for spec in registry.STAGES if spec.name != SOURCE_STAGE}
+
+
 def _stage_params(sets: tuple[str, ...], config: Path | None) -> dict:
-    layers = [params_mod.read_config(config, PARAM_TABLES)] if config else []
-    layers.append(params_mod.parse_sets(sets, PARAM_TABLES))
+    tables = _param_tables()
+    layers = [params_mod.read_config(config, tables)] if config else []
+    layers.append(params_mod.parse_sets(sets, tables))
     merged = params_mod.merge(*layers)
-    return {name: params_mod.build(cls, name, merged.get(name, {}), _warn) for name, cls in PARAM_TABLES.items()}
+    return {name: params_mod.build(cls, name, merged.get(name, {}), _warn) for name, cls in tables.items()}
 
 
 def _params_listing() -> str:
     lines = []
-    for name, cls in PARAM_TABLES.items():
+    for name, cls in _param_tables().items():
         lines.extend(params_mod.describe(cls, name))
     return "\n".join(lines)
 

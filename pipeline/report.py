@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import Cache
-from stages.registry import STAGES
+from pipeline.cache import Cache, Manifest
+from stages.contract import Figure, StageSpec, read_figures
+from stages import registry
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -25,52 +26,44 @@ details{margin:.5em 0} .tag{display:inline-block;padding:0 .5em;border-radius:.8
 .ran{background:#dff3df} .cached{background:#e4ecfb} .skipped{background:#f6e7cc} .earlier{background:#eee}
 """
 
-# Which images each stage shows, in order, with the caption a person needs to read them.
-_IMAGES = {
-    "prepare": [("preview.png", "gray | color pairs of the prepared set")],
-    "vae": [("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
-            ("samples.png", "64 decodes of z ~ N(0, I)"),
-            ("interpolation.png", "each row: two test faces and 7 latent points between them"),
-            ("traversal.png", "each row: one latent dimension from -3 to 3 (ordered by KL)"),
-            ("manifold.png", "the 2-D latent space, 15x15 grid"),
-            ("loss.png", "train and test loss per epoch")],
-    "colorize": [("test_colorized.png", "test faces: gray input | colorized | true color"),
-                 ("loss.png", "train and test loss per epoch")],
-    "vae_color": [("samples_color.png", "the VAE's samples, colorized"),
-                  ("reconstructions_color.png", "gray | VAE reconstruction | colorized | true color"),
-                  ("interpolation_color.png", "interpolations, colorized"),
-                  ("traversal_color.png", "latent traversals, colorized")],
-}
-
-
-def _images(folder: Path, stage: str) -> list[tuple[str, str]]:
-    """The (file, caption) pairs a stage's entry shows; concept grids are listed by the entry's concepts.json."""
-    if stage != "concepts":
-        return _IMAGES.get(stage, [])
-    try:
-        table = json.loads((folder / "concepts.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    shown = []
-    for name, facts in table.items():
-        landing = f" · edits land {100 * facts['landing_rate']:.0f}%" if "landing_rate" in facts else ""
-        auc = "n/a (no tagged test faces)" if facts["test_auc"] is None else f"{facts['test_auc']:.2f}"
-        caption = (f"{name}: test AUC {auc} · consistency {facts['edit_consistency']:.2f}{landing}"
-                   f" · columns α = -2 … 3")
-        shown.append((facts["grid_color"], caption))
-    return shown
+def _figures(folder: Path, spec: StageSpec) -> list[Figure]:
+    """What a stage's entry shows: its declared figures, then any it listed itself, if the files exist."""
+    return [f for f in (*spec.figures, *read_figures(folder)) if (folder / f.file).is_file()]
 
 
 def _format(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
 
 
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float, str, bool)) and len(str(value)) < 80
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics worth a table cell: numbers and short strings, not lists or nested tables."""
+    return {k: v for k, v in metrics.items() if k != "headline" and _is_scalar(v) and v is not None}
+
+
+def table_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The metrics that are tables: {row: {column: scalar}} (a judge's scores per generator, say)."""
     return {k: v for k, v in metrics.items()
-            if k != "headline" and isinstance(v, (int, float, str, bool)) and len(str(v)) < 80}
+            if isinstance(v, dict) and v and all(isinstance(row, dict) and row and all(map(_is_scalar, row.values()))
+                                                 for row in v.values())}
+
+
+def _matrix(name: str, rows: dict[str, dict[str, Any]]) -> str:
+    """One table per nested metric: a row per key, a column per inner key (blank where a row lacks it)."""
+    columns = list(dict.fromkeys(column for row in rows.values() for column in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(r)}</th>" + "".join(
+            f"<td class=num data-key='{html.escape(f'{name}.{r}.{c}')}'>{_format(row[c])}</td>" if c in row
+            else "<td></td>" for c in columns) + "</tr>" for r, row in rows.items())
+    return f"<h3>{html.escape(name)}</h3><table class=matrix><tr><th></th>{head}</tr>{body}</table>"
 
 
 def _table(rows: dict[str, Any], css_class: str) -> str:
@@ -79,32 +72,36 @@ def _table(rows: dict[str, Any], css_class: str) -> str:
     return f"<table class={css_class}>{cells}</table>"
 
 
-def _stage_section(cache: Cache, stage: str, outcome) -> str:
+def _stage_section(cache: Cache, spec: StageSpec, outcome) -> str:
+    stage = spec.name
     entries = cache.entries(stage)
-    latest = cache.latest(stage) or (entries[0] if entries else None)
+    latest: Manifest | None = cache.latest(stage) or (entries[0] if entries else None)
     if latest is None:
         return ""
-    folder = f"{stage}/{latest['entry']}"
+    folder = f"{stage}/{latest.entry}"
     status = getattr(outcome, "status", "earlier")
     parts = [f"<h2 id={stage}>{stage} <span class='tag {status}'>{html.escape(status)}</span></h2>",
-             f"<p class=meta>{html.escape(latest.get('summary', ''))}<br>"
-             f"<a href='{folder}/'>{html.escape(folder)}</a> · finished {html.escape(latest.get('finished', ''))}"
-             f" · took {latest.get('seconds', 0):.1f} s · built because {html.escape(latest.get('reason', ''))}</p>"]
-    if latest.get("metrics", {}).get("headline"):
-        parts.append(f"<p>{html.escape(latest['metrics']['headline'])}</p>")
-    figures = [f"<figure><a href='{folder}/{name}'><img class=px src='{folder}/{name}' alt='{name}'"
-               f" style='width:{_display_width(cache.root / folder / name)}px'></a>"
-               f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-               for name, caption in _images(cache.root / folder, stage) if (cache.root / folder / name).is_file()]
+             f"<p class=meta>{html.escape(latest.summary)}<br>"
+             f"<a href='{folder}/'>{html.escape(folder)}</a> · finished {html.escape(latest.finished)}"
+             f" · took {latest.seconds:.1f} s · built because {html.escape(latest.reason)}</p>"]
+    if latest.metrics.get("headline"):
+        parts.append(f"<p>{html.escape(latest.metrics['headline'])}</p>")
+    figures = [f"<figure><a href='{folder}/{f.file}'><img class=px src='{folder}/{f.file}' alt='{f.file}'"
+               f" style='width:{_display_width(cache.root / folder / f.file)}px'></a>"
+               f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+               for f in _figures(cache.root / folder, spec)]
     parts.append(f"<div class=grid>{''.join(figures)}</div>")
     parts.append("<div class=grid><div><h3>metrics</h3>"
-                 + _table(scalar_metrics(latest.get("metrics", {})), "metrics")
-                 + "</div><div><h3>parameters</h3>" + _table(latest.get("params", {}), "params") + "</div></div>")
+                 + _table(scalar_metrics(latest.metrics), "metrics")
+                 + "</div><div><h3>parameters</h3>" + _table(latest.params, "params") + "</div></div>")
+    tables = [_matrix(name, rows) for name, rows in table_metrics(latest.metrics).items()]
+    if tables:
+        parts.append(f"<div class=grid>{''.join(f'<div>{t}</div>' for t in tables)}</div>")
     if len(entries) > 1:
         rows = "".join(
-            f"<tr><td><a href='{stage}/{m['entry']}/'>{html.escape(m['entry'])}</a></td>"
-            f"<td>{html.escape(m.get('finished', ''))}</td><td class=num>{m.get('seconds', 0):.1f}</td>"
-            f"<td>{html.escape(m.get('metrics', {}).get('headline', ''))}</td></tr>" for m in entries)
+            f"<tr><td><a href='{stage}/{m.entry}/'>{html.escape(m.entry)}</a></td>"
+            f"<td>{html.escape(m.finished)}</td><td class=num>{m.seconds:.1f}</td>"
+            f"<td>{html.escape(m.metrics.get('headline', ''))}</td></tr>" for m in entries)
         parts.append(f"<details><summary>{len(entries)} cached entries</summary><table><tr><th>entry</th>"
                      f"<th>finished</th><th>seconds</th><th>result</th></tr>{rows}</table></details>")
     return "\n".join(parts)
@@ -122,17 +119,17 @@ def _display_width(path: Path) -> int:
 def _overview(cache: Cache, outcomes: dict[str, Any]) -> str:
     """One row per stage at the top of the page: what this command did, and the stage's headline result."""
     rows = []
-    for spec in STAGES:
+    for spec in registry.STAGES:
         latest = cache.latest(spec.name)
         outcome = outcomes.get(spec.name)
         if latest is None and outcome is None:
             continue
         status = getattr(outcome, "status", "earlier")
         reason = getattr(outcome, "reason", "")
-        headline = (latest or {}).get("metrics", {}).get("headline", "") if status != "skipped" else reason
+        headline = (latest.metrics.get("headline", "") if latest else "") if status != "skipped" else reason
         entry = f"<a href='#{spec.name}'>{spec.name}</a>"
         rows.append(f"<tr><td>{entry}</td><td><span class='tag {status}'>{html.escape(status)}</span></td>"
-                    f"<td class=num>{(latest or {}).get('seconds', 0):.1f} s</td><td>{html.escape(headline)}</td></tr>")
+                    f"<td class=num>{latest.seconds if latest else 0:.1f} s</td><td>{html.escape(headline)}</td></tr>")
     return ("<table><tr><th>stage</th><th>this command</th><th>took</th><th>result</th></tr>"
             + "".join(rows) + "</table>") if rows else ""
 
@@ -140,7 +137,7 @@ def _overview(cache: Cache, outcomes: dict[str, Any]) -> str:
 def write_report(root: Path, outcomes: dict[str, Any]) -> Path:
     """Regenerate root/index.html from the cache; `outcomes` says which stages this command ran or reused."""
     cache = Cache(root)
-    sections = [_stage_section(cache, spec.name, outcomes.get(spec.name)) for spec in STAGES]
+    sections = [_stage_section(cache, spec, outcomes.get(spec.name)) for spec in registry.STAGES]
     body = "\n".join(s for s in sections if s) or "<p>Nothing here yet: run <code>pipeline prepare</code>.</p>"
     body = _overview(cache, outcomes) + body
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>pipeline results</title>"

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline import params as params_mod
-from pipeline.cache import Cache, Key, explain_change, now
+from pipeline.cache import Cache, Key, Manifest, explain_change, now
 from pipeline.params import UsageError
-from stages.registry import STAGE_NAMES, STAGES, StageContext, StageSkipped, StageSpec, stage
+from stages.contract import StageContext, StageSkipped, StageSpec
+from stages import registry
+from stages.registry import SOURCE_STAGE
 
 
 @dataclass(frozen=True)
@@ -49,23 +51,24 @@ def _load(reference: str) -> Callable:
 
 
 def plan(tokens: list[str]) -> list[StageSpec]:
-    """Requested stage names -> every stage to visit, upstream first (prepare is never run from here)."""
-    unknown = [t for t in tokens if t not in STAGE_NAMES or t == "prepare"]
+    """Requested stage names -> every stage to visit, upstream first (the source stage is never run from here)."""
+    names = [spec.name for spec in registry.STAGES]
+    unknown = [t for t in tokens if t not in names or t == SOURCE_STAGE]
     if unknown:
-        runnable = ", ".join(n for n in STAGE_NAMES if n != "prepare")
+        runnable = ", ".join(n for n in names if n != SOURCE_STAGE)
         raise UsageError(f"unknown stage {', '.join(map(repr, unknown))} in --stages (valid: {runnable}; "
-                         "`pipeline prepare` builds the image set)")
+                         f"`pipeline {SOURCE_STAGE}` builds the image set)")
     wanted = set(tokens)
-    wanted |= {s.name for s in STAGES if s.follows in wanted}
+    wanted |= {s.name for s in registry.STAGES if s.follows in wanted}
     changed = True
     while changed:
         before = len(wanted)
-        for spec in STAGES:
+        for spec in registry.STAGES:
             if spec.name in wanted:
                 wanted |= set(spec.upstream)
         changed = len(wanted) != before
-    wanted.discard("prepare")
-    return [spec for spec in STAGES if spec.name in wanted]
+    wanted.discard(SOURCE_STAGE)
+    return [spec for spec in registry.STAGES if spec.name in wanted]
 
 
 def make_key(spec: StageSpec, stage_params, upstream: dict[str, str]) -> Key:
@@ -91,7 +94,7 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
     cached = cache.lookup(key)
     if cached is not None and not force:
         cache.point_latest(spec.name, key.entry)
-        return Outcome(spec.name, key.entry, "cached", metrics=cached.get("metrics", {}))
+        return Outcome(spec.name, key.entry, "cached", metrics=cached.metrics)
 
     reason = "--force" if cached is not None else explain_change(cache.latest(spec.name), key)
     staging = cache.staging_dir(key)
@@ -99,7 +102,7 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
                            echo=settings.echo, progress=settings.progress)
     started, clock = now(), time.perf_counter()
     try:
-        metrics = _load(spec.entry)(stage_params, upstream_dirs, staging, context) or {}
+        metrics = _load(spec.run)(stage_params, upstream_dirs, staging, context) or {}
     except StageSkipped as skipped:
         cache.discard(staging)
         return Outcome(spec.name, key.entry, "skipped", reason=str(skipped))
@@ -108,24 +111,22 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
         raise
     seconds = time.perf_counter() - clock
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    manifest = {
-        "stage": spec.name, "entry": key.entry, "summary": spec.summary, "version": spec.version,
-        "params": params_mod.as_dict(stage_params), "key_params": key.params,
-        "inputs": {"upstream": key.upstream, "fingerprint": key.fingerprint},
-        "versions": _versions(), "started": started, "finished": now(), "seconds": round(seconds, 2),
-        "reason": reason, "metrics": metrics,
-    }
+    manifest = Manifest(
+        stage=spec.name, entry=key.entry, summary=spec.summary, version=spec.version,
+        params=params_mod.as_dict(stage_params), key_params=key.params, upstream=key.upstream,
+        fingerprint=key.fingerprint, versions=_versions(), started=started, finished=now(),
+        seconds=round(seconds, 2), reason=reason, metrics=metrics)
     cache.publish(key, staging, manifest)
     cache.point_latest(spec.name, key.entry)
     return Outcome(spec.name, key.entry, "ran", reason=reason, seconds=seconds, metrics=metrics)
 
 
-def prepared_entry(cache: Cache) -> Path:
-    latest = cache.latest("prepare")
+def source_entry(cache: Cache) -> Path:
+    latest = cache.latest(SOURCE_STAGE)
     if latest is None:
-        raise UsageError(f"no prepared image set in {cache.root}: run `pipeline prepare` first "
-                         "(or `pipeline prepare --source DIR` for your own images)")
-    return cache.entry_dir("prepare", latest["entry"])
+        raise UsageError(f"no prepared image set in {cache.root}: run `pipeline {SOURCE_STAGE}` first "
+                         f"(or `pipeline {SOURCE_STAGE} --source DIR` for your own images)")
+    return cache.entry_dir(SOURCE_STAGE, latest.entry)
 
 
 def _skip_reason(spec: StageSpec, all_params: dict[str, Any], available: dict[str, Any]) -> str:
@@ -143,7 +144,7 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
     outcomes: list[Outcome] = []
     with cache.locked(settings.echo):
         cache.sweep_staging()
-        published = {"prepare": prepared_entry(cache)}
+        published = {SOURCE_STAGE: source_entry(cache)}
         for spec in specs:
             skip = _skip_reason(spec, all_params, published)
             if skip:
@@ -157,12 +158,12 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
     return outcomes
 
 
-def run_prepare(prepare_params, settings: Settings, force: bool) -> Outcome:
+def run_source(source_params, settings: Settings, force: bool) -> Outcome:
+    """`pipeline prepare`: build (or reuse) the source stage's entry, which every `pipeline run` reads."""
     cache = Cache(settings.outputs)
     with cache.locked(settings.echo):
         cache.sweep_staging()
-        return run_stage(cache, stage("prepare"), prepare_params, {}, settings, force)
-
+        return run_stage(cache, registry.stage(SOURCE_STAGE), source_params, {}, settings, force)
 
 
 @dataclass
@@ -181,12 +182,12 @@ def status(all_params: dict[str, Any], outputs: Path) -> list[StageStatus]:
     entry names, so the whole chain can be predicted from the latest prepared set.
     """
     cache = Cache(outputs)
-    latest_prepare = cache.latest("prepare")
-    if latest_prepare is None:
-        return [StageStatus("prepare", "", False, "no prepared set: run `pipeline prepare`")]
-    entries = {"prepare": latest_prepare["entry"]}
-    report = [StageStatus("prepare", latest_prepare["entry"], True, "")]
-    for spec in plan([s.name for s in STAGES if s.name != "prepare"]):
+    latest_source = cache.latest(SOURCE_STAGE)
+    if latest_source is None:
+        return [StageStatus(SOURCE_STAGE, "", False, f"no prepared set: run `pipeline {SOURCE_STAGE}`")]
+    entries = {SOURCE_STAGE: latest_source.entry}
+    report = [StageStatus(SOURCE_STAGE, latest_source.entry, True, "")]
+    for spec in plan([s.name for s in registry.STAGES if s.name != SOURCE_STAGE]):
         skip = _skip_reason(spec, all_params, entries)
         if skip:  # no key, nothing to run
             report.append(StageStatus(spec.name, "", False, skip, skipped=True))
@@ -216,31 +217,35 @@ def clean(outputs: Path, keep: int, dry_run: bool = False) -> list[Removal]:
     removed: list[Removal] = []
     needed: dict[str, set[str]] = {}
     with cache.locked(lambda message: None):
-        for spec in reversed(STAGES):
+        for spec in reversed(registry.STAGES):
             entries = cache.entries(spec.name)
             latest = cache.latest(spec.name)
-            kept = {m["entry"] for m in entries[:keep]} | needed.get(spec.name, set())
+            kept = {m.entry for m in entries[:keep]} | needed.get(spec.name, set())
             if latest is not None:
-                kept.add(latest["entry"])
+                kept.add(latest.entry)
             for manifest in entries:
-                if manifest["entry"] in kept:
-                    for upstream, entry in manifest.get("inputs", {}).get("upstream", {}).items():
+                if manifest.entry in kept:
+                    for upstream, entry in manifest.upstream.items():
                         needed.setdefault(upstream, set()).add(entry)
                     continue
-                size = sum(manifest.get("files", {}).values())
-                removed.append(Removal(spec.name, manifest["entry"], size))
+                removed.append(Removal(spec.name, manifest.entry, sum(manifest.files.values())))
                 if not dry_run:
-                    shutil.rmtree(cache.entry_dir(spec.name, manifest["entry"]))
+                    shutil.rmtree(cache.entry_dir(spec.name, manifest.entry))
     return removed
 
 
 def edit(picture: Path, edits: list[tuple[str, float]], output: Path, settings: Settings) -> None:
-    """`pipeline edit`: apply concept vectors to a user's picture with the latest concepts entry and its inputs."""
+    """`pipeline edit`: the stage that declares an edit entry point edits a user's picture with its latest entry.
+
+    The entry point gets that entry and the upstream entries it was built from, by stage name."""
+    spec = next((s for s in registry.STAGES if s.edit), None)
+    if spec is None:
+        raise UsageError("no stage declares an edit entry point, so `pipeline edit` has nothing to edit with")
     cache = Cache(settings.outputs)
-    concepts = cache.latest("concepts")
-    if concepts is None:
-        raise UsageError(f"no concept vectors in {cache.root}: run `pipeline run --stages vae,colorize,concepts` "
-                         "on a labelled set first")
-    inputs = {name: cache.entry_dir(name, entry) for name, entry in concepts["inputs"]["upstream"].items()}
-    inputs["concepts"] = cache.entry_dir("concepts", concepts["entry"])
-    _load("stages.concepts:edit_picture")(picture, inputs, edits, output, settings.device)
+    latest = cache.latest(spec.name)
+    if latest is None:
+        raise UsageError(f"no {spec.name} entry in {cache.root} to edit with: run `pipeline run --stages "
+                         f"{spec.name}` first")
+    inputs = {name: cache.entry_dir(name, entry) for name, entry in latest.upstream.items()}
+    inputs[spec.name] = cache.entry_dir(spec.name, latest.entry)
+    _load(spec.edit)(picture, inputs, edits, output, settings.device)

@@ -1,4 +1,4 @@
-"""The colorize stages: train a gray -> color network on the prepared set, then color the VAE's outputs.
+"""The colorize stage: train a gray -> color network on the prepared set.
 
 Training depends only on the prepared set and the colorize parameters, so changing a VAE parameter re-runs
 `vae_color` (cheap: apply the existing colorizer to the new gray images) without retraining the colorizer.
@@ -19,18 +19,19 @@ where batch 64 gives 0.72 at -0.47 dB; and it ran only ~1.2x faster per image.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stages import metrics as m
-from stages.models import StackNN, build_colorizer, exact_luma, luma_of
-from stages.params import ColorizeParams, NoParams
-from stages.registry import StageContext, StageError
-from stages.training import Job, batched, fit, load_model, resolve_device, save_model, write_training_record
-from stages.vae import load_prepared, traversal_labels
+from stages.checkpoints import MODEL, ColorizerConfig, save_model
+from stages.contract import StageContext
+from stages.luma import exact_luma, luma_of
+from stages.models import StackNN, apply_colorizer, map_in_slices
+from stages.params import ColorizeParams
+from stages.prepared_set import load_prepared
+from stages.training import Job, fit, resolve_device, write_training_record
 from stages.viz import save_grid
 
 TEST_GRID = 16
@@ -44,15 +45,6 @@ def colorize_loss(color, target, gray, params: ColorizeParams):
     loss = color_mse + params.luma_weight * luma_mse + params.colorfulness_weight * colorfulness_gap
     return loss, {"color_mse": color_mse.item(), "luma_mse": luma_mse.item(),
                   "colorfulness_gap": colorfulness_gap.item()}
-
-
-def apply_colorizer(model, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Color (B, 1, S, S) gray images; returns (clipped color, unclipped color) in [0,1] scale."""
-    with torch.no_grad():
-        color = batched(model, gray, 256)
-        if exact:
-            color = exact_luma(color, gray)
-    return color.clamp(0, 1), color
 
 
 def evaluate_colorizer(model, gray: torch.Tensor, target: torch.Tensor, exact: bool) -> dict:
@@ -90,7 +82,7 @@ def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, torch
         return colorize_loss(model(noisy.clamp(0, 1)), y, x, params)
 
     def evaluate(model):
-        loss, stats = colorize_loss(batched(model, gray_test, 256), color_test, gray_test, params)
+        loss, stats = colorize_loss(map_in_slices(model, gray_test, 256), color_test, gray_test, params)
         return {"loss": loss.item(), **{f"test_{k}": v for k, v in stats.items()}}
 
     return Job(model=model, train_data=(gray, color), batch_loss=batch_loss, evaluate=evaluate, epochs=params.epochs,
@@ -103,13 +95,13 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     color_np, _, _ = load_prepared(inputs["prepare"], 3)
     gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
     torch.manual_seed(params.seed)
-    model = build_colorizer(params.arch, gray.shape[-1]).to(device)
+    config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma)
+    model = config.build().to(device)
     gray_train, color_train = gray[train_index], color[train_index]
     gray_test, color_test = gray[test_index], color[test_index]
     job = training_job(model, params, (gray_train, color_train), (gray_test, color_test))
     history = fit(job, context, device)
-    save_model(out_dir / "model.pt", model, {"arch": params.arch, "size": gray.shape[-1],
-                                              "exact_luma": params.exact_luma})
+    save_model(out_dir / MODEL, model, config)
 
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)
     results["colorfulness_ratio"] = results["colorfulness_output"] / max(results["colorfulness_true"], 1e-9)
@@ -124,50 +116,3 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
                            f"{results['images_per_second']:.0f} img/s")
     return results
 
-
-def load_colorizer(path: Path, device: torch.device):
-    return load_model(path, device, lambda c: build_colorizer(c["arch"], c["size"]))
-
-
-def _color_array(model, gray: np.ndarray, exact: bool, device) -> torch.Tensor:
-    """(..., 1, S, S) gray array -> (..., 3, S, S) color tensor, keeping the leading shape."""
-    lead = gray.shape[:-3]
-    flat = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32)).to(device).reshape(-1, *gray.shape[-3:])
-    return apply_colorizer(model, flat, exact)[0].reshape(*lead, 3, *gray.shape[-2:]).cpu()
-
-
-def colorize_vae_outputs(params: NoParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
-    """Color exactly the gray images the VAE stage wrote (samples, interpolations, traversals, reconstructions)."""
-    vae_dir, colorizer_dir = inputs["vae"], inputs["colorize"]
-    vae_config = torch.load(vae_dir / "model.pt", map_location="cpu", weights_only=True)["config"]
-    device = resolve_device(context.device)
-    model, config = load_colorizer(colorizer_dir / "model.pt", device)
-    exact = config["exact_luma"]
-    if vae_config["size"] != config["size"]:
-        raise StageError(f"the colorizer works on {config['size']}px images but the VAE on {vae_config['size']}px: "
-                         "re-run both on one prepared set")
-
-    samples = _color_array(model, np.load(vae_dir / "samples.npy"), exact, device)
-    save_grid(samples, 8, out_dir / "samples_color.png")
-    interpolation = _color_array(model, np.load(vae_dir / "interpolation.npy"), exact, device)
-    save_grid(interpolation.flatten(0, 1), interpolation.shape[1], out_dir / "interpolation_color.png")
-    traversal = _color_array(model, np.load(vae_dir / "traversal.npy"), exact, device)
-    kl = json.loads((vae_dir / "metrics.json").read_text())["kl_per_dim"]
-    save_grid(traversal.flatten(0, 1), traversal.shape[1], out_dir / "traversal_color.png",
-              traversal_labels(np.load(vae_dir / "traversal_dims.npy"), kl))
-    originals, reconstructions = np.load(vae_dir / "reconstructions.npy")
-    colored = _color_array(model, reconstructions, exact, device)
-    truth = np.load(inputs["prepare"] / "color.npy")[np.load(vae_dir / "reconstruction_indices.npy")]
-    truth = torch.from_numpy(truth.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    rows = [torch.from_numpy(originals).expand(-1, 3, -1, -1), torch.from_numpy(reconstructions).expand(-1, 3, -1, -1),
-            colored, truth]
-    save_grid(torch.cat(rows), len(truth), out_dir / "reconstructions_color.png")
-    for name, array in (("samples", samples), ("interpolation", interpolation), ("traversal", traversal),
-                        ("reconstructions", colored)):
-        np.save(out_dir / f"{name}_color.npy", array.numpy())
-
-    colorfulness = m.colorfulness(samples).mean().item()
-    sample_luma_mse = (luma_of(samples) - torch.from_numpy(np.load(vae_dir / "samples.npy"))).pow(2).mean().item()
-    return {"samples_colorfulness": colorfulness, "samples_luma_mse": sample_luma_mse,
-            "headline": f"colored the VAE's outputs: samples colorfulness {colorfulness:.1f}, "
-                        f"luma MSE {sample_luma_mse:.5f}"}

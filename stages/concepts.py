@@ -18,18 +18,22 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stages.colorize import apply_colorizer, load_colorizer
+from stages import prepared_set
+from stages.checkpoints import MODEL, load_colorizer, load_vae
+from stages.contract import Figure, StageContext, StageError, StageSkipped, write_figures
 from stages.luma import luma_uint8
+from stages.models import apply_colorizer, decode_images, encode_means
 from stages.params import ConceptParams
-from stages.registry import StageContext, StageError, StageSkipped
+from stages.prepared_set import load_prepared
 from stages.sources import SourceError, decode_file
-from stages.training import batched, resolve_device
-from stages.vae import decode_images, load_prepared, load_vae
+from stages.training import resolve_device
 from stages.viz import save_grid
 
 ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
 LANDING_ALPHA = 3.0
 LANDING_FACTORS = ("hair", "direction")  # embedded-face factors whose edits are judged by a classifier
+VECTORS = "concepts.npz"  # names, vectors, train_tagged: what `pipeline edit` applies
+TABLE = "concepts.json"  # each concept's checks and grid files, for a person
 
 
 def read_tags(path: Path) -> dict[str, np.ndarray]:
@@ -58,17 +62,13 @@ def file_stem(concept: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", concept).strip("-")
 
 
-def _encode(model, images: torch.Tensor) -> torch.Tensor:
-    return batched(lambda x: model.encode(x)[0], images)
-
-
 def edit_consistency(model, mu: torch.Tensor, vector: torch.Tensor) -> float:
     """Mean (projection moved after decode + re-encode) / (α·|v| applied), over faces and α ≠ 0; 1 is perfect."""
     unit = vector / vector.norm()
     alphas = torch.tensor([a for a in ALPHAS if a != 0], device=mu.device)
     edited = mu[:, None] + alphas[None, :, None] * vector  # (F, A, Z)
-    start = _encode(model, decode_images(model, mu)) @ unit  # (F,)
-    moved = (_encode(model, decode_images(model, edited.flatten(0, 1))) @ unit).view(len(mu), -1) - start[:, None]
+    start = encode_means(model, decode_images(model, mu)) @ unit  # (F,)
+    moved = (encode_means(model, decode_images(model, edited.flatten(0, 1))) @ unit).view(len(mu), -1) - start[:, None]
     return (moved / (alphas * vector.norm())).mean().item()
 
 
@@ -108,20 +108,27 @@ def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, 
     return rates
 
 
+def _caption(name: str, facts: dict) -> str:
+    landing = f" · edits land {100 * facts['landing_rate']:.0f}%" if "landing_rate" in facts else ""
+    auc = "n/a (no tagged test faces)" if facts["test_auc"] is None else f"{facts['test_auc']:.2f}"
+    return f"{name}: test AUC {auc} · consistency {facts['edit_consistency']:.2f}{landing} · columns α = -2 … 3"
+
+
 def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
     prepared = inputs["prepare"]
-    if not (prepared / "labels.csv").is_file():
+    labels = prepared_set.labels_file(prepared)
+    if labels is None:
         raise StageSkipped("the prepared set has no labels: use `pipeline prepare --labels tags.csv` "
                            "(the embedded faces bring their own)")
     device = resolve_device(context.device)
-    vae, vae_config = load_vae(inputs["vae"] / "model.pt", device)
-    colorizer, colorizer_config = load_colorizer(inputs["colorize"] / "model.pt", device)
-    images_np, train, test = load_prepared(prepared, vae_config["channels"])
+    vae, vae_config = load_vae(inputs["vae"] / MODEL, device)
+    colorizer, colorizer_config = load_colorizer(inputs["colorize"] / MODEL, device)
+    images_np, train, test = load_prepared(prepared, vae_config.channels)
     color_np, _, _ = load_prepared(prepared, 3)
     images, color = torch.from_numpy(images_np).to(device), torch.from_numpy(color_np).to(device)
-    masks = read_tags(prepared / "labels.csv")
+    masks = read_tags(labels)
     with torch.no_grad():
-        mu = _encode(vae, images)
+        mu = encode_means(vae, images)
 
     concepts, starts = {}, {}
     for name, mask in sorted(masks.items()):
@@ -137,7 +144,7 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
             edits = decode_images(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
                             .flatten(0, 1))
             consistency = edit_consistency(vae, start, vector)
-            colored, _ = apply_colorizer(colorizer, edits, colorizer_config["exact_luma"])
+            colored, _ = apply_colorizer(colorizer, edits, colorizer_config.exact_luma)
         stem = file_stem(name)
         save_grid(edits.cpu(), len(ALPHAS), out_dir / f"concept_{stem}.png")
         save_grid(colored.cpu(), len(ALPHAS), out_dir / f"concept_{stem}_color.png")
@@ -150,18 +157,19 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
         raise StageSkipped(f"no tag has at least {params.min_count} tagged training images")
 
     landing = {}
-    if json.loads((prepared / "dataset.json").read_text())["embedded"]:
-        landing = landing_rates(concepts, masks, vae, colorizer, colorizer_config["exact_luma"], color, train,
+    if prepared_set.read_info(prepared).embedded:
+        landing = landing_rates(concepts, masks, vae, colorizer, colorizer_config.exact_luma, color, train,
                                 starts, params.seed)
     for name, rate in landing.items():
         concepts[name]["landing_rate"] = rate
 
     names = sorted(concepts)
-    np.savez(out_dir / "concepts.npz", names=np.array(names), vectors=np.stack(
+    np.savez(out_dir / VECTORS, names=np.array(names), vectors=np.stack(
         [concepts[n]["vector"].cpu().numpy() for n in names]), train_tagged=np.array(
         [concepts[n]["train_tagged"] for n in names]))
     table = {n: {k: v for k, v in concepts[n].items() if k != "vector"} for n in names}
-    (out_dir / "concepts.json").write_text(json.dumps(table, indent=1))
+    (out_dir / TABLE).write_text(json.dumps(table, indent=1))
+    write_figures(out_dir, [Figure(facts["grid_color"], _caption(name, facts)) for name, facts in table.items()])
     aucs = [c["test_auc"] for c in table.values() if c["test_auc"] is not None]
     result = {"concepts": len(names), "mean_test_auc": float(np.mean(aucs)) if aucs else None,
               "mean_edit_consistency": float(np.mean([c["edit_consistency"] for c in table.values()]))}
@@ -183,24 +191,24 @@ def edit_picture(picture: Path, inputs: dict[str, Path], edits: list[tuple[str, 
     the VAE sees it as it saw its training set. `inputs` holds the prepare, vae, colorize and concepts entries.
     """
     device = resolve_device(device_name)
-    saved = np.load(inputs["concepts"] / "concepts.npz", allow_pickle=False)
+    saved = np.load(inputs["concepts"] / VECTORS, allow_pickle=False)
     vectors = dict(zip(saved["names"].tolist(), saved["vectors"]))
     unknown = [name for name, _ in edits if name not in vectors]
     if unknown:
         raise StageError(f"unknown concept {', '.join(unknown)}: available: {', '.join(sorted(vectors))}")
-    prepared = json.loads((inputs["prepare"] / "manifest.json").read_text())["params"]
+    prepared = prepared_set.read_info(inputs["prepare"])
     try:
-        pixels = luma_uint8(decode_file(picture, prepared["size"], prepared["crop"]))
+        pixels = luma_uint8(decode_file(picture, prepared.size, prepared.crop))
     except SourceError as error:
         raise StageError(str(error)) from None
-    vae, _ = load_vae(inputs["vae"] / "model.pt", device)
-    colorizer, config = load_colorizer(inputs["colorize"] / "model.pt", device)
+    vae, _ = load_vae(inputs["vae"] / MODEL, device)
+    colorizer, config = load_colorizer(inputs["colorize"] / MODEL, device)
     gray = torch.from_numpy(pixels.astype(np.float32) / 255).to(device)[None, None]  # (1, 1, S, S)
     with torch.no_grad():
         mu = vae.encode(gray)[0]
         shift = sum(amount * torch.from_numpy(vectors[name]).to(device) for name, amount in edits)
         reconstruction, edited = decode_images(vae, torch.cat([mu, mu + shift]))
-        colored, _ = apply_colorizer(colorizer, edited[None], config["exact_luma"])
+        colored, _ = apply_colorizer(colorizer, edited[None], config.exact_luma)
     panels = torch.stack([gray[0].expand(3, -1, -1), reconstruction.expand(3, -1, -1),
                           edited.expand(3, -1, -1), colored[0]])
     save_grid(panels.cpu(), 4, output)

@@ -14,6 +14,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch.nn import functional as F
 
 MSE_SIGMA = 0.1  # fixed std of the Gaussian likelihood of `recon=mse`, on the [0,1] scale
+ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is below this carries no information
 
 
 def reconstruction_nll(logits: torch.Tensor, target: torch.Tensor, recon: str) -> torch.Tensor:

@@ -1,15 +1,18 @@
 """The networks: the reference FC VAE, a convolutional VAE, the reference StackNN colorizer and a small conv one.
 
 Every model is rebuilt from plain values (`build_vae(arch, size, channels, latent_dim)`), so a checkpoint is a
-state_dict plus those values and loads with `torch.load(..., weights_only=True)`.
+state_dict plus those values (stages.checkpoints). The helpers at the end apply a trained model in bounded-memory
+slices, for every stage that uses one.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.luma import LUMA_WEIGHTS
+from stages.luma import exact_luma
 
 
 class FcVae(nn.Module):
@@ -166,12 +169,25 @@ def build_colorizer(arch: str, size: int) -> nn.Module:
     return StackNN(size) if arch == "stacknn" else ConvColorizer()
 
 
-def luma_of(color: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) with the shared BT.601 weights."""
-    weights = color.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-    return (color * weights).sum(1, keepdim=True)
+def map_in_slices(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, slice_size: int = 512):
+    """Apply `function` to `data` in slices along dim 0 (bounded memory) and concatenate."""
+    return torch.cat([function(data[i:i + slice_size]) for i in range(0, data.shape[0], slice_size)])
 
 
-def exact_luma(color: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
-    """Shift each pixel's three channels equally so its luma equals `gray` (weights sum to 1), before clipping."""
-    return color + (gray - luma_of(color))
+def decode_images(vae, z: torch.Tensor) -> torch.Tensor:
+    """Latent codes -> images in [0,1] (the decoder's mean), in bounded-memory slices."""
+    return torch.sigmoid(map_in_slices(vae.decode, z))
+
+
+def encode_means(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images -> the encoder's means μ, in bounded-memory slices."""
+    return map_in_slices(lambda x: vae.encode(x)[0], images)
+
+
+@torch.no_grad()
+def apply_colorizer(colorizer, gray: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Color (B, 1, S, S) gray images; returns (clipped color, unclipped color) in [0,1] scale."""
+    color = map_in_slices(colorizer, gray, 256)
+    if exact:
+        color = exact_luma(color, gray)
+    return color.clamp(0, 1), color

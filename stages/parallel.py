@@ -47,7 +47,7 @@ def map_in_order(function: Callable[[Batch], Result], batches: Iterable[Batch], 
                 future.cancel()
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
+def chunked(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of ``size`` items (the last one shorter)."""
     items = iter(items)
     while batch := list(itertools.islice(items, size)):

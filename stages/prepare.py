@@ -1,20 +1,13 @@
 """The prepare stage: any image source -> N square color images, their luma, a seeded split and a preview.
 
-Outputs (all plain numpy / CSV / PNG, nothing pickled):
-    color.npy    (N, S, S, 3) uint8, written a chunk at a time (stages/spool.py): open with mmap_mode="r"
-    gray.npy     (N, S, S) uint8, luma of color with the shared BT.601 weights
-    split.npz    train, test: int64 indices into the arrays, disjoint, seeded
-    sources.csv  index, file, content_hash of every kept image
-    labels.csv   file + one column per tag (embedded faces: their factors; else the --labels CSV), if any
-    preview.png  gray next to color for the first 32 images
-    dataset.json where the images came from (embedded generator or a path), their size and count
+What it writes is listed in stages.prepared_set, which every other stage reads it through. Tags come from the
+embedded faces' factors, or else from the --labels CSV.
 """
 from __future__ import annotations
 
 import collections
 import csv
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +19,10 @@ from PIL import Image
 from stages import faces
 from stages.dedupe import duplicate_mask, perceptual_hashes
 from stages.luma import luma_uint8
-from stages.parallel import WorkerDied, batched, map_in_order
+from stages import prepared_set as files
+from stages.contract import StageContext, StageError
+from stages.parallel import WorkerDied, chunked, map_in_order
 from stages.params import PrepareParams
-from stages.registry import StageContext, StageError
 from stages.spool import CHUNK_BYTES, RowSpool
 from stages.sources import DecodedImage, SourceError, describe_source, folder_files, read_images, resize_square
 
@@ -82,7 +76,7 @@ def _embedded_face(index: int, size: int, crop: float) -> tuple[DecodedImage, di
 def _embedded_images(count: int, size: int, crop: float, workers: int | None,
                      labels: dict[str, dict[str, str]]) -> Iterator[DecodedImage]:
     """The procedural faces, drawn in parallel; their factors land in `labels` as they arrive."""
-    batches = batched(range(count or EMBEDDED_FACES), _EMBEDDED_BATCH)
+    batches = chunked(range(count or EMBEDDED_FACES), _EMBEDDED_BATCH)
     for batch in map_in_order(_EmbeddedJob(size, crop), batches, workers or os.cpu_count() or 1):
         for image, factors in batch:
             labels[image.name] = factors
@@ -239,16 +233,16 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
             raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
         rng = np.random.default_rng(params.seed)
         chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
-        color.save(out_dir / "color.npy", chosen)
-        gray.save(out_dir / "gray.npy", chosen)
+        color.save(out_dir / files.COLOR, chosen)
+        gray.save(out_dir / files.GRAY, chosen)
     names = [collected.names[i] for i in chosen]
 
     order = rng.permutation(len(chosen))
     test_count = int(round(len(chosen) * params.test_fraction))
     if params.test_fraction > 0:
         test_count = min(max(test_count, 1), len(chosen) - 1)
-    np.savez(out_dir / "split.npz", train=np.sort(order[test_count:]), test=np.sort(order[:test_count]))
-    with open(out_dir / "sources.csv", "w", newline="", encoding="utf-8") as handle:
+    np.savez(out_dir / files.SPLIT, train=np.sort(order[test_count:]), test=np.sort(order[:test_count]))
+    with open(out_dir / files.SOURCES, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "file", "content_hash"])
         writer.writerows((i, collected.names[k], collected.content_hashes[k]) for i, k in enumerate(chosen))
@@ -257,10 +251,10 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
         tags = _match_labels(names, rows)
     else:
         tags = [labels.get(name) for name in names]
-    tag_columns = _write_labels(out_dir / "labels.csv", names, tags)
-    _preview(out_dir / "gray.npy", out_dir / "color.npy", out_dir / "preview.png")
-    (out_dir / "dataset.json").write_text(json.dumps(
-        {"source": origin, "embedded": not params.source, "size": params.size, "images": len(chosen)}, indent=1))
+    tag_columns = _write_labels(out_dir / files.LABELS, names, tags)
+    _preview(out_dir / files.GRAY, out_dir / files.COLOR, out_dir / files.PREVIEW)
+    files.write_info(out_dir, files.DatasetInfo(source=origin, embedded=not params.source, size=params.size,
+                                                crop=params.crop, images=len(chosen)))
 
     counts = {"read": kept + skipped.total(), "skipped": skipped.total(),
               "skipped_by_reason": dict(skipped), "duplicates": int(duplicates.sum()), "kept": len(chosen),

@@ -1,58 +1,16 @@
-"""What each stage is, declared once: name, code version, parameters, upstream stages, entry point.
+"""The stage declarations, and nothing else: name, code version, parameters, upstream stages, figures, entry points.
 
-The runner and the cache decide everything else from these declarations. This module imports no torch, so the
-tool can plan, key and report without loading a model. `entry` names the function to call as "module:function";
-it is imported only when the stage actually runs.
-
-A stage's `run(params, inputs, out_dir, context)` reads only the upstream directories in `inputs`, writes only
-into `out_dir`, and returns its metrics as a JSON-able dict; the runner saves them as metrics.json and in the
-manifest.
+The runner, the cache and the report decide everything from these declarations (the contract they follow is in
+stages.contract). This module imports no torch, so the tool can plan, key and report without loading a model.
+Adding a stage means a new stage module and one declaration here; nothing in pipeline/ changes.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Protocol
 
+from stages.contract import Figure, StageSpec
 from stages.params import ColorizeParams, ConceptParams, NoParams, PrepareParams, VaeParams
-
-
-class StageSkipped(Exception):
-    """Raised by a stage that has nothing to do for these inputs; its message says why, for the summary."""
-
-
-class StageError(Exception):
-    """A problem the user can fix (bad data, a diverged run); its message is one line saying what and how."""
-
-
-class Progress(Protocol):
-    def advance(self, steps: int = 1, status: str | None = None) -> None: ...
-
-
-@dataclass(frozen=True)
-class StageContext:
-    """What the tool hands a stage besides its data: settings that never change results, and ways to talk."""
-
-    device: str  # "cpu" or "cuda"
-    workers: int | None  # worker processes for decoding; None = one per core
-    resume_dir: Path  # survives an interrupted run of this exact key; the stage keeps checkpoints here
-    echo: Callable[[str], None]  # one line to the user (warnings, notes)
-    progress: Callable[[int, str], ContextManager[Progress]]  # progress(total_steps, label)
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    version: int  # bump when the stage's outputs change meaning, so old cache entries stop matching
-    params: type
-    upstream: tuple[str, ...]
-    entry: str
-    describe: Callable[[object], str]  # short human-readable prefix of the cache folder name
-    summary: str  # one line for the manifest and the report: what the folder holds
-    follows: str = ""  # run automatically whenever this other stage runs
-    fingerprint: str = ""  # "module:function" fingerprinting files read from outside the cache, if any
-    skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
 
 
 def _nothing_to_color(all_params: dict) -> str:
@@ -67,31 +25,45 @@ def _describe_prepare(p: PrepareParams) -> str:
     return f"{source[:24]}-n{p.count or 'all'}-s{p.size}{crop}"
 
 
+_LOSS = Figure("loss.png", "train and test loss per epoch")
+
 STAGES: tuple[StageSpec, ...] = (
     StageSpec(
-        name="prepare", version=1, params=PrepareParams, upstream=(), entry="stages.prepare:run",
+        name="prepare", version=2, params=PrepareParams, upstream=(), run="stages.prepare:run",
         describe=_describe_prepare, fingerprint="stages.prepare:fingerprint",
+        figures=(Figure("preview.png", "gray | color pairs of the prepared set"),),
         summary="the prepared image set: gray and color arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(
-        name="vae", version=3, params=VaeParams, upstream=("prepare",), entry="stages.vae:run",
+        name="vae", version=4, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
+        figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
+                 Figure("samples.png", "64 decodes of z ~ N(0, I)"),
+                 Figure("interpolation.png", "each row: two test faces and 7 latent points between them"),
+                 Figure("traversal.png", "each row: one latent dimension from -3 to 3 (ordered by KL)"),
+                 Figure("manifold.png", "the 2-D latent space, 15x15 grid"),
+                 _LOSS),
         describe=lambda p: f"{p.arch}-z{p.latent_dim}-e{p.epochs}" + ("-rgb" if p.channels == 3 else ""),
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=5, params=ColorizeParams, upstream=("prepare",), entry="stages.colorize:run",
+        name="colorize", version=5, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_color,
         summary="a trained colorizer (gray -> color) and its test metrics and test grid",
     ),
     StageSpec(
-        name="vae_color", version=2, params=NoParams, upstream=("prepare", "vae", "colorize"),
-        entry="stages.colorize:colorize_vae_outputs",
+        name="vae_color", version=3, params=NoParams, upstream=("prepare", "vae", "colorize"),
+        run="stages.vae_color:run",
+        figures=(Figure("samples_color.png", "the VAE's samples, colorized"),
+                 Figure("reconstructions_color.png", "gray | VAE reconstruction | colorized | true color"),
+                 Figure("interpolation_color.png", "interpolations, colorized"),
+                 Figure("traversal_color.png", "latent traversals, colorized")),
         describe=lambda p: "vae-colored", follows="colorize", skip_reason=_nothing_to_color,
         summary="the VAE's samples, interpolations, traversals and reconstructions colored by the colorizer",
     ),
     StageSpec(
-        name="concepts", version=2, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
-        entry="stages.concepts:run", describe=lambda p: f"min{p.min_count}",
+        name="concepts", version=3, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
+        run="stages.concepts:run", edit="stages.concepts:edit_picture", describe=lambda p: f"min{p.min_count}",
         skip_reason=_nothing_to_color,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "
                 "edit grids",
@@ -99,6 +71,7 @@ STAGES: tuple[StageSpec, ...] = (
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
+SOURCE_STAGE = "prepare"  # built by `pipeline prepare`, never by `pipeline run`; every other stage reads from it
 
 
 def stage(name: str) -> StageSpec:

@@ -28,7 +28,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.parallel import batched, map_in_order
+from stages.parallel import chunked, map_in_order
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -122,7 +122,7 @@ def read_images(path: Path, size: int, crop: float = 1.0, workers: int | None = 
         batch_size = max(1, min(_MAX_BATCH, len(files) // (workers * 4)))  # big batches, yet all workers busy
     else:
         tasks, batch_size = _non_empty(_ARCHIVE_READERS[kind](path), path, looked_for), _ARCHIVE_BATCH
-    batches = map_in_order(partial(_decode_batch, size=size, crop=crop), batched(tasks, batch_size), workers)
+    batches = map_in_order(partial(_decode_batch, size=size, crop=crop), chunked(tasks, batch_size), workers)
     return (item for batch in batches for item in batch.items())
 
 

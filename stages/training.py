@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from stages.registry import StageContext, StageError
+from stages.contract import StageContext, StageError
 from stages.viz import save_loss_chart
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,12 +89,16 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(temporary, path)
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+def _load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None], label: str) -> dict | None:
+    """The resume state of an interrupted run, or None; an unreadable one is reported, removed, and ignored."""
     if not path.is_file():
         return None
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # a checkpoint we cannot read is worth nothing: start over rather than fail
+    except Exception as error:  # a checkpoint we cannot read is worth nothing: start over rather than fail
+        echo(f"{label}: ignoring the unreadable resume checkpoint {path} ({type(error).__name__}); "
+             "training starts over")
+        path.unlink(missing_ok=True)
         return None
 
 
@@ -108,7 +112,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     history, first_epoch = History(), 0
 
     checkpoint_path = context.resume_dir / CHECKPOINT
-    saved = _load_checkpoint(checkpoint_path, device)
+    saved = _load_checkpoint(checkpoint_path, device, context.echo, job.label)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -170,20 +174,6 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     return history
 
 
-def save_model(path: Path, model: torch.nn.Module, config: dict) -> None:
-    """A checkpoint is the state_dict plus the plain values that rebuild the network: weights_only-loadable."""
-    torch.save({"state_dict": model.state_dict(), "config": config}, path)
-
-
-def load_model(path: Path, device: torch.device, build: Callable[[dict], torch.nn.Module]):
-    """Rebuild a model saved by `save_model` without the CLI; nothing is unpickled beyond tensors and plain types."""
-    saved = torch.load(path, map_location=device, weights_only=True)
-    with torch.device("meta"):  # no random initialisation of weights about to be overwritten (90 M for StackNN)
-        model = build(saved["config"])
-    model.load_state_dict(saved["state_dict"], assign=True)
-    return model.to(device).eval(), saved["config"]
-
-
 def write_training_record(out_dir: Path, history: History, model: torch.nn.Module, title: str) -> dict:
     """history.json and loss.png, and the training facts every stage reports (time, speed, size)."""
     (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
@@ -192,7 +182,3 @@ def write_training_record(out_dir: Path, history: History, model: torch.nn.Modul
             "images_per_second": round(history.images / max(history.seconds, 1e-9), 1),
             "parameters": sum(p.numel() for p in model.parameters())}
 
-
-def batched(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, batch_size: int = 512):
-    """Apply `function` to `data` in slices (bounded memory) and concatenate."""
-    return torch.cat([function(data[i:i + batch_size]) for i in range(0, data.shape[0], batch_size)])

@@ -1,8 +1,8 @@
 """The VAE stage: train on the prepared gray (or color) faces, then write what a person needs to judge it.
 
-Reads from the prepare entry: gray.npy or color.npy, split.npz. Writes model.pt, metrics.json, history.json,
-loss.png, the grids (reconstructions, samples, interpolation, traversal, manifold when z is 2-D) and the arrays
-behind them (*.npy), so the colorize stage can color exactly these images.
+Reads the prepared set (stages.prepared_set). Writes the model (stages.checkpoints), history.json, loss.png, the
+grids (reconstructions, samples, interpolation, traversal, manifold when z is 2-D) and the arrays behind them
+(stages.vae_outputs), so vae_color can color exactly these images.
 """
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import numpy as np
 import torch
 
 from stages import metrics as m
-from stages.models import build_vae
+from stages import vae_outputs
+from stages.checkpoints import MODEL, VaeConfig, save_model
+from stages.contract import StageContext
+from stages.models import decode_images, map_in_slices
 from stages.params import VaeParams
-from stages.registry import StageContext, StageError
-from stages.training import Job, batched, fit, load_model, resolve_device, save_model, write_training_record
-from stages.viz import save_grid
+from stages.prepared_set import load_prepared
+from stages.training import Job, fit, resolve_device, write_training_record
+from stages.viz import save_grid, traversal_labels
 
 RECONSTRUCTIONS = 18
 SAMPLES = 64
@@ -25,23 +28,6 @@ INTERPOLATION_STEPS = 7
 TRAVERSAL_STEPS = 11
 MANIFOLD_SIDE = 15
 NLL_IMAGES, NLL_SAMPLES = 256, 128
-ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is below this carries no information
-
-
-def load_prepared(prepared: Path, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, C, S, S) float32 images in [0,1] for the requested channels, and the train/test indices."""
-    try:
-        if channels == 1:
-            images = np.load(prepared / "gray.npy", allow_pickle=False)[:, None]
-        else:
-            images = np.load(prepared / "color.npy", allow_pickle=False).transpose(0, 3, 1, 2)
-        split = np.load(prepared / "split.npz", allow_pickle=False)
-        train, test = split["train"], split["test"]
-    except (OSError, KeyError, ValueError) as error:
-        raise StageError(f"the prepared set in {prepared} is unreadable ({error}): run `pipeline prepare --force`")
-    if len(test) == 0:
-        raise StageError("the prepared set has no test images: run `pipeline prepare --test-fraction 0.1`")
-    return np.ascontiguousarray(images, dtype=np.float32) / 255.0, train, test
 
 
 def vae_loss(model, x, noise, recon: str, beta: float):
@@ -52,7 +38,7 @@ def vae_loss(model, x, noise, recon: str, beta: float):
     return nll + beta * kl, {"recon": nll.item(), "kl": kl.item()}
 
 
-def _evaluator(test: torch.Tensor, params: VaeParams):
+def test_loss_evaluator(test: torch.Tensor, params: VaeParams):
     def evaluate(model) -> dict[str, float]:
         generator = torch.Generator(device=test.device).manual_seed(12345)
         noise = torch.randn(len(test), params.latent_dim, generator=generator, device=test.device)
@@ -61,16 +47,11 @@ def _evaluator(test: torch.Tensor, params: VaeParams):
     return evaluate
 
 
-def decode_images(model, z: torch.Tensor) -> torch.Tensor:
-    """Latent codes -> images in [0,1] (the decoder's mean), in bounded-memory slices."""
-    return torch.sigmoid(batched(model.decode, z))
-
-
 @torch.no_grad()
 def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
     """Final test metrics, all per image in nats (β = 1: the true ELBO whatever β trained with)."""
     generator = torch.Generator(device=test.device).manual_seed(params.seed + 1)
-    mu, logvar = batched(lambda x: torch.cat(model.encode(x), 1), test).split(params.latent_dim, 1)
+    mu, logvar = map_in_slices(lambda x: torch.cat(model.encode(x), 1), test).split(params.latent_dim, 1)
     elbo_terms = []
     for _ in range(4):
         noise = torch.randn(mu.shape, generator=generator, device=test.device)
@@ -84,16 +65,11 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
     result = {"test_neg_elbo": neg_elbo, "test_recon_nll": recon_nll, "test_kl": kl_dims.sum().item(),
               "test_nll_importance": nll, "nll_images": min(NLL_IMAGES, len(test)), "nll_samples": NLL_SAMPLES,
               "recon_psnr": psnr, "recon_ssim": ssim, "kl_per_dim": [round(v, 4) for v in kl_dims.tolist()],
-              "active_dims": int((kl_dims > ACTIVE_KL).sum())}
+              "active_dims": int((kl_dims > m.ACTIVE_KL).sum())}
     if params.recon == "bce":
         floor = m.bce_entropy_floor(test)
         result.update(entropy_floor=floor, neg_elbo_excess=neg_elbo - floor)
     return result
-
-
-def traversal_labels(order, kl_dims: list[float]) -> list[str]:
-    """Row labels of a traversal grid: which latent dimension, and whether it carries information at all."""
-    return [f"z{d}  KL {kl_dims[d]:.2f}" if kl_dims[d] > ACTIVE_KL else f"z{d}  inactive" for d in order]
 
 
 @torch.no_grad()
@@ -108,12 +84,9 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     originals = images[chosen]
     reconstructions = decode_images(model, model.encode(originals)[0])
     save_grid(torch.cat([originals, reconstructions]).cpu(), len(chosen), out_dir / "reconstructions.png")
-    np.save(out_dir / "reconstructions.npy", torch.stack([originals, reconstructions]).cpu().numpy())
-    np.save(out_dir / "reconstruction_indices.npy", chosen)
 
     samples = decode_images(model, torch.randn(SAMPLES, params.latent_dim, generator=generator, device=device))
     save_grid(samples.cpu(), 8, out_dir / "samples.png")
-    np.save(out_dir / "samples.npy", samples.cpu().numpy())
 
     pair_count = max(1, min(INTERPOLATION_PAIRS, len(test) // 2))  # a small test split gives fewer rows
     pairs = torch.randperm(len(test), generator=generator, device=device)[:2 * pair_count]
@@ -125,7 +98,6 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     between = decode_images(model, path.flatten(0, 1)).view(len(ends), INTERPOLATION_STEPS, *test.shape[1:])
     interpolation = torch.cat([ends[:, :1], between, ends[:, 1:]], 1)  # (P, steps + 2, C, S, S)
     save_grid(interpolation.flatten(0, 1).cpu(), INTERPOLATION_STEPS + 2, out_dir / "interpolation.png")
-    np.save(out_dir / "interpolation.npy", interpolation.cpu().numpy())
 
     order = np.argsort(kl_dims)[::-1]
     centre = model.encode(test)[0].mean(0)
@@ -134,10 +106,8 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     for row, dim in enumerate(order):
         codes[row, :, dim] = values
     traversal = decode_images(model, codes.flatten(0, 1)).view(len(order), TRAVERSAL_STEPS, *test.shape[1:])
-    save_grid(traversal.flatten(0, 1).cpu(), TRAVERSAL_STEPS, out_dir / "traversal.png",
-              traversal_labels(order, kl_dims))
-    np.save(out_dir / "traversal.npy", traversal.cpu().numpy())
-    np.save(out_dir / "traversal_dims.npy", order.copy())
+    labels = traversal_labels(order, kl_dims)
+    save_grid(traversal.flatten(0, 1).cpu(), TRAVERSAL_STEPS, out_dir / "traversal.png", labels)
 
     if params.latent_dim == 2:
         quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, MANIFOLD_SIDE))
@@ -145,29 +115,33 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
         grid = torch.stack([cols.flatten(), rows.flatten()], 1).to(device)
         manifold = decode_images(model, grid)
         save_grid(manifold.cpu(), MANIFOLD_SIDE, out_dir / "manifold.png")
-        np.save(out_dir / "manifold.npy", manifold.cpu().numpy())
+
+    vae_outputs.write(out_dir, vae_outputs.VaeOutputs(
+        samples=samples.cpu().numpy(), interpolation=interpolation.cpu().numpy(),
+        traversal=traversal.cpu().numpy(), traversal_dims=order.copy(), traversal_labels=labels,
+        reconstructions=torch.stack([originals, reconstructions]).cpu().numpy(), reconstruction_indices=chosen,
+        manifold=manifold.cpu().numpy() if params.latent_dim == 2 else None))
 
 
 def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
     device = resolve_device(context.device)
     images_np, train_index, test_index = load_prepared(inputs["prepare"], params.channels)
     images = torch.from_numpy(images_np).to(device)
-    size = images.shape[-1]
     torch.manual_seed(params.seed)
-    model = build_vae(params.arch, size, params.channels, params.latent_dim, params.width).to(device)
+    config = VaeConfig(arch=params.arch, size=images.shape[-1], channels=params.channels,
+                       latent_dim=params.latent_dim, width=params.width, recon=params.recon)
+    model = config.build().to(device)
 
     def batch_loss(model, x, generator):
         noise = torch.randn(len(x), params.latent_dim, generator=generator, device=device)
         return vae_loss(model, x, noise, params.recon, params.beta)
 
     job = Job(model=model, train_data=(images[train_index],), batch_loss=batch_loss,
-              evaluate=_evaluator(images[test_index], params), epochs=params.epochs,
+              evaluate=test_loss_evaluator(images[test_index], params), epochs=params.epochs,
               batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae")
     history = fit(job, context, device)
 
-    save_model(out_dir / "model.pt", model, {"arch": params.arch, "size": size, "channels": params.channels,
-                                              "latent_dim": params.latent_dim, "width": params.width,
-                                              "recon": params.recon})
+    save_model(out_dir / MODEL, model, config)
     results = evaluate_model(model, images[test_index], params)
     results.update(write_training_record(out_dir, history, model, f"VAE loss (nats/image, β={params.beta:g})"))
     write_grids(model, images, test_index, results["kl_per_dim"], params, out_dir)
@@ -177,8 +151,3 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                            f"{results['recon_psnr']:.1f} dB, {results['images_per_second']:.0f} img/s")
     return results
 
-
-def load_vae(path: Path, device: torch.device):
-    """Rebuild a trained VAE from model.pt without the CLI."""
-    return load_model(path, device,
-                      lambda c: build_vae(c["arch"], c["size"], c["channels"], c["latent_dim"], c["width"]))

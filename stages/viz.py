@@ -13,6 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional as F
 from torchvision.utils import make_grid
 
+from stages.metrics import ACTIVE_KL
+
 _TARGET_CELL = 90  # images are scaled up by an integer factor to about this many pixels
 
 
@@ -35,6 +37,11 @@ def save_grid(images: torch.Tensor, columns: int, path: Path, row_labels: list[s
     if row_labels:
         image = _label_rows(image, row_labels)
     image.save(path)
+
+
+def traversal_labels(order, kl_dims: list[float]) -> list[str]:
+    """Row labels of a traversal grid: which latent dimension, and whether it carries information at all."""
+    return [f"z{d}  KL {kl_dims[d]:.2f}" if kl_dims[d] > ACTIVE_KL else f"z{d}  inactive" for d in order]
 
 
 def _label_rows(image: Image.Image, labels: list[str]) -> Image.Image:

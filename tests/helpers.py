@@ -69,8 +69,8 @@ def summary_lines(result: Result, *, each_once: bool = False) -> dict[str, str]:
 
 
 def replace_stage_entry(monkeypatch, spec, replacement) -> None:
-    """Point the stage's entry point (`module:function` in its StageSpec) at `replacement` for this test."""
-    module, _, function = spec.entry.partition(":")
+    """Point the stage's run function (`module:function` in its StageSpec) at `replacement` for this test."""
+    module, _, function = spec.run.partition(":")
     monkeypatch.setattr(importlib.import_module(module), function, replacement)
 
 

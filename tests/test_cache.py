@@ -45,9 +45,9 @@ def fake_writes_then_is_interrupted(params, inputs, out_dir, context):
     raise KeyboardInterrupt
 
 
-FAKE = StageSpec(name="fake", version=1, params=FakeParams, upstream=(), entry=f"{__name__}:fake_writes",
+FAKE = StageSpec(name="fake", version=1, params=FakeParams, upstream=(), run=f"{__name__}:fake_writes",
                  describe=lambda p: f"v{p.value}", summary="a fake stage for tests")
-DOWNSTREAM = StageSpec(name="down", version=1, params=FakeParams, upstream=("fake",), entry=f"{__name__}:fake_writes",
+DOWNSTREAM = StageSpec(name="down", version=1, params=FakeParams, upstream=("fake",), run=f"{__name__}:fake_writes",
                        describe=lambda p: "down", summary="a fake downstream stage for tests")
 
 
@@ -103,7 +103,7 @@ def test_changed_param_runs_again_and_names_the_param(cache):
 
 @pytest.mark.parametrize("failing_entry", ["fake_writes_then_raises", "fake_writes_then_is_interrupted"])
 def test_stage_failing_mid_write_leaves_nothing_trusted_and_the_next_run_recomputes(cache, failing_entry):
-    failing = replace(FAKE, entry=f"{__name__}:{failing_entry}")
+    failing = replace(FAKE, run=f"{__name__}:{failing_entry}")
 
     with pytest.raises((RuntimeError, KeyboardInterrupt)):
         run_fake(cache, failing)

@@ -108,7 +108,7 @@ def test_a_failed_prepare_leaves_the_previous_entry_as_latest(pipeline, outputs,
 
     assert result.exit_code != 0
     assert (outputs / "prepare" / "latest").resolve() == before
-    assert [m["entry"] for m in Cache(outputs).entries("prepare")] == [before.name]
+    assert [m.entry for m in Cache(outputs).entries("prepare")] == [before.name]
 
 
 def test_crop_center_half_is_accepted(pipeline, outputs, make_folder):

@@ -23,7 +23,8 @@ import stages.vae
 from helpers import (cli, decoded_png, grid_size, latest_entry, metrics_of, must_not_run, read_manifest,
                      succeeded)
 from stages import viz
-from stages.models import exact_luma
+from stages.checkpoints import load_colorizer
+from stages.luma import exact_luma
 
 SIDE = 12
 TEST_IMAGES = 19  # 48 faces with --test-fraction 0.4
@@ -272,6 +273,6 @@ def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipel
     assert conv["parameters"] * 10 < stacknn["parameters"]
     assert decoded_png(entry / "test_colorized.png").size == expected_grid_size(
         3, min(stages.colorize.TEST_GRID, TEST_IMAGES))
-    model, config = stages.colorize.load_colorizer(entry / "model.pt", torch.device("cpu"))
+    model, config = load_colorizer(entry / "model.pt", torch.device("cpu"))
     with torch.no_grad():
         assert model(torch.rand(2, 1, SIDE, SIDE)).shape == (2, 3, SIDE, SIDE)

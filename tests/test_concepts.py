@@ -23,7 +23,7 @@ from stages import concepts as concepts_stage
 from stages.concepts import ALPHAS, read_tags, roc_auc
 from stages.luma import luma_uint8
 from stages.sources import decode_file
-from stages.vae import load_vae
+from stages.checkpoints import load_vae
 
 SIDE = 12
 CELL, PAD = grid_cell(SIDE), GRID_PADDING  # one image's cell in a stages.viz grid, and the gutters
@@ -274,4 +274,4 @@ def test_edit_concept_without_a_value_is_a_usage_error_saying_how_to_write_it(pl
 def test_edit_before_any_concepts_exist_says_how_to_make_them(tmp_path, planted):
     result = cli(tmp_path / "empty", "edit", planted["folder"] / "1.png", "--concept", "square=yes")
 
-    assert_one_clear_error_line(result, "no concept vectors", "pipeline run")
+    assert_one_clear_error_line(result, "no concepts entry", "pipeline run")

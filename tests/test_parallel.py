@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from stages.parallel import WorkerDied, batched, map_in_order
+from stages.parallel import WorkerDied, chunked, map_in_order
 
 
 def noisy_block(seed: int) -> np.ndarray:
@@ -50,5 +50,5 @@ def test_one_worker_runs_in_process():
 
 
 def test_batched_keeps_every_item_once():
-    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(batched([], 3)) == []
+    assert list(chunked(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunked([], 3)) == []

@@ -245,7 +245,7 @@ def test_section_names_the_latest_folder_and_its_summary(report):
 def test_a_stage_with_several_entries_lists_the_earlier_ones(report):
     outputs, _, page = report
 
-    colorize_entries = [m["entry"] for m in Cache(outputs).entries("colorize")]
+    colorize_entries = [m.entry for m in Cache(outputs).entries("colorize")]
     assert len(colorize_entries) == 2
     for entry in colorize_entries:
         assert f"colorize/{entry}/" in page.links
@@ -275,7 +275,7 @@ def test_latest_is_a_relative_link_to_a_trusted_entry(report):
         assert not os.path.isabs(target) and "/" not in target, f"{target!r}: the folder must survive a move"
         manifest = cache.manifest(link.resolve())
         assert manifest is not None, f"{stage_name}/latest is not a trusted entry"
-        assert manifest["entry"] == target
+        assert manifest.entry == target
 
 
 def test_every_manifest_has_a_one_line_summary_of_what_the_folder_holds(report):
@@ -283,6 +283,6 @@ def test_every_manifest_has_a_one_line_summary_of_what_the_folder_holds(report):
 
     for stage_name in STAGE_NAMES:
         for manifest in Cache(outputs).entries(stage_name):
-            summary = manifest["summary"]
+            summary = manifest.summary
             assert summary == stage(stage_name).summary
             assert summary.strip() and "\n" not in summary

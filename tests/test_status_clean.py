@@ -62,7 +62,7 @@ def status_of(outputs: Path, *args) -> dict[str, tuple[str, str]]:
 
 
 def entries(outputs: Path, stage_name: str) -> set[str]:
-    return {m["entry"] for m in Cache(outputs).entries(stage_name)}
+    return {m.entry for m in Cache(outputs).entries(stage_name)}
 
 
 def snapshot(outputs: Path) -> dict[str, int]:
@@ -158,7 +158,7 @@ def test_clean_keep_1_removes_the_older_chain_and_reports_the_space_freed(cache_
     old = {stage_name: entries(outputs, stage_name) - {latest_entry(outputs, stage_name).name}
            for stage_name in STAGE_NAMES}
     assert [len(old[s]) for s in STAGE_NAMES] == [0, 1, 0, 1, 1], "the z2 vae and what was built on it"
-    freed = sum(sum(Cache(outputs).manifest(outputs / s / e)["files"].values()) for s in old for e in old[s])
+    freed = sum(sum(Cache(outputs).manifest(outputs / s / e).files.values()) for s in old for e in old[s])
 
     result = succeeded(cli(outputs, "clean", "--keep", "1"))
 
@@ -203,7 +203,7 @@ def test_clean_removes_the_older_entry_once_nothing_kept_reads_it(cache_of):
 def test_clean_keeps_the_entry_latest_points_at_even_when_it_is_not_the_newest(cache_of):
     outputs = cache_of((*FULL, *BASE, *Z2), (*FULL, *BASE, *Z3), (*FULL, *BASE, *Z2))  # z2 again: cached
     z2 = latest_entry(outputs, "vae").name
-    assert z2.startswith("fc-z2-") and Cache(outputs).entries("vae")[0]["entry"] != z2, "z3 finished last"
+    assert z2.startswith("fc-z2-") and Cache(outputs).entries("vae")[0].entry != z2, "z3 finished last"
 
     result = succeeded(cli(outputs, "clean", "--keep", "0"))
 
