@@ -49,9 +49,8 @@ def main() -> None:
         return tb.reference(model, (train,), loss, params.epochs, params.seed)
 
     def ours(batch_size: int, lr: float):
-        def batch_loss(model, x, generator):
-            noise = torch.randn(len(x), params.latent_dim, generator=generator)
-            return vae_loss(model, x, noise, params.recon, params.beta)
+        def batch_loss(model, x, noise):
+            return vae_loss(model, x, noise(params.latent_dim), params.recon, params.beta)
 
         def train_ours(model):
             return tb.ours(Job(model=model, train_data=(train,), batch_loss=batch_loss,

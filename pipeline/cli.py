@@ -16,6 +16,7 @@ from pipeline import params as params_mod
 from pipeline import runner
 from pipeline.params import UsageError
 from stages.contract import StageError
+from stages import distributed
 from stages.params import PrepareParams
 from stages import registry
 from stages.registry import SOURCE_STAGE
@@ -206,6 +207,8 @@ def run(stages, sets, config, device, force, outputs) -> None:
         all_params = _stage_params(sets, config)
         runner.plan(tokens)  # reject unknown stage names before any work
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
+        if not distributed.world().main:
+            return  # one torchrun rank reports: rank 0, which wrote the cache
         for outcome in outcomes:
             _print_outcome(outcome, outputs)
         by_status = {status: [o.stage for o in outcomes if o.status == status] for status in ("ran", "cached",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import distributed
 from stages import metrics as m
 from stages.checkpoints import MODEL, ColorizerConfig, save_model
 from stages.contract import StageContext
@@ -77,8 +78,8 @@ def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, torch
     if isinstance(model, StackNN):
         model.start_at(color.mean(0))
 
-    def batch_loss(model, x, y, generator):
-        noisy = x + params.noise_std * torch.randn(x.shape, generator=generator, device=x.device)
+    def batch_loss(model, x, y, noise):
+        noisy = x + params.noise_std * noise(*x.shape[1:])
         return colorize_loss(model(noisy.clamp(0, 1)), y, x, params)
 
     def evaluate(model):
@@ -101,6 +102,8 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     gray_test, color_test = gray[test_index], color[test_index]
     job = training_job(model, params, (gray_train, color_train), (gray_test, color_test))
     history = fit(job, context, device)
+    if not distributed.world().main:
+        return {}  # rank 0 evaluates, draws and saves: the same model is on every rank
     save_model(out_dir / MODEL, model, config)
 
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma)

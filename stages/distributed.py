@@ -46,13 +46,17 @@ def join(device: str) -> str:
     """Join the job's process group once (gloo on CPU, nccl on CUDA) and return this rank's device:
     ``cuda:LOCAL_RANK`` on GPUs. A world of one joins nothing."""
     here = world()
+    if here.size == 1:
+        return device
+    import torch
+    import torch.distributed as dist
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{here.local_rank}"
-    if here.size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return device
 
 

@@ -36,6 +36,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="vae", version=4, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
+        distributed=True,
         figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
                  Figure("samples.png", "64 decodes of z ~ N(0, I)"),
                  Figure("interpolation.png", "each row: two test faces and 7 latent points between them"),
@@ -47,6 +48,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="colorize", version=5, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        distributed=True,
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-e{p.epochs}", skip_reason=_nothing_to_color,
         summary="a trained colorizer (gray -> color) and its test metrics and test grid",
