@@ -42,10 +42,23 @@ def torchrun(outputs: Path, *args: str, nodes: int = 1, node_rank: int = 0, port
                f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test", "--local-addr=127.0.0.1"])
     command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "pipeline", "run", *args,
                "--outputs", str(outputs)]
-    return subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
-def finished(process: subprocess.Popen, timeout: float = 60) -> str:
+@pytest.fixture
+def launched():
+    """Collects the torchrun agents a test starts, and kills any still running at its end (a failed test)."""
+    agents: list[subprocess.Popen] = []
+    yield agents
+    for agent in agents:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+
+
+def finished(process: subprocess.Popen, timeout: float = 180) -> str:
+    """Its output, once it exits 0; the timeout only guards against a hang (a busy machine starts torch slowly)."""
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output[-3000:]
     return output
@@ -84,14 +97,30 @@ def copy_of(prepared: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def two_local_ranks(prepared, tmp_path_factory) -> Path:
+    """The short FC VAE run by 2 ranks on one node: the reference of the single-process and multi-node tests."""
+    outputs = copy_of(prepared, tmp_path_factory.mktemp("local") / "outputs")
+    finished(torchrun(outputs, *VAE))
+    return outputs
+
+
+def two_rank_run(request, tmp_path: Path, stage_args: tuple[str, ...]) -> Path:
+    if stage_args == VAE:
+        return request.getfixturevalue("two_local_ranks")
+    outputs = copy_of(request.getfixturevalue("prepared_small"), tmp_path / "double")
+    finished(torchrun(outputs, *stage_args))
+    return outputs
+
+
 @pytest.mark.parametrize("stage_args", [VAE, COLORIZE], ids=["fc-vae", "stacknn"])
 def test_two_ranks_with_half_batches_train_the_weights_of_one_process(request, tmp_path, stage_args):
     stage = stage_args[1]
     prepared = request.getfixturevalue("prepared" if stage == "vae" else "prepared_small")
-    single, double = copy_of(prepared, tmp_path / "single"), copy_of(prepared, tmp_path / "double")
+    single = copy_of(prepared, tmp_path / "single")
 
     succeeded(cli(single, "run", *stage_args))
-    finished(torchrun(double, *stage_args))
+    double = two_rank_run(request, tmp_path, stage_args)
 
     one, two = latest_entry(single, stage), latest_entry(double, stage)
     assert one.name == two.name, "the world size does not enter the cache key"
@@ -101,12 +130,12 @@ def test_two_ranks_with_half_batches_train_the_weights_of_one_process(request, t
     assert '"global_batch": 32' in metrics["double"]
 
 
-def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, tmp_path):
-    local, nodes = copy_of(prepared, tmp_path / "local"), copy_of(prepared, tmp_path / "nodes")
-    finished(torchrun(local, *VAE))
+def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, two_local_ranks, tmp_path, launched):
+    local, nodes = two_local_ranks, copy_of(prepared, tmp_path / "nodes")
 
     port = free_port()
     agents = [torchrun(nodes, *VAE, nodes=2, node_rank=rank, port=port) for rank in (0, 1)]
+    launched.extend(agents)
     for agent in agents:
         finished(agent)
 
@@ -121,11 +150,12 @@ def rank_pids(agent: subprocess.Popen) -> list[int]:
     return [int(pid) for pid in children]
 
 
-def test_a_killed_rank_ends_the_job_without_publishing_and_the_rerun_resumes(prepared, tmp_path):
+def test_a_killed_rank_ends_the_job_without_publishing_and_the_rerun_resumes(prepared, tmp_path, launched):
     outputs = copy_of(prepared, tmp_path / "outputs")
     long_run = ("--stages", "vae", "--set", "vae.arch=fc", "--set", "vae.epochs=12", "--set", "vae.batch_size=16")
     agent = torchrun(outputs, *long_run)
-    resume, deadline = outputs / "vae" / ".resume", time.monotonic() + 40
+    launched.append(agent)
+    resume, deadline = outputs / "vae" / ".resume", time.monotonic() + 90  # starting torch on a busy machine
     while not list(resume.glob("*/checkpoint.pt")) and time.monotonic() < deadline and agent.poll() is None:
         time.sleep(0.1)
     assert list(resume.glob("*/checkpoint.pt")), "rank 0 wrote a resume checkpoint"
