@@ -64,8 +64,8 @@ def main() -> None:
                             args.reference_epochs, params.seed, score)
 
     def closed(stop):
-        def batch_loss(model, x, y, generator):
-            return loss(model, x, y, torch.randn(x.shape, generator=generator)), {}
+        def batch_loss(model, x, y, noise):
+            return loss(model, x, y, noise(*x.shape[1:])), {}
 
         recipe = args.closed
         job = Job(model=build(), train_data=(gray, color), batch_loss=batch_loss,

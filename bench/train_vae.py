@@ -55,9 +55,8 @@ def main() -> None:
             return vae_loss(model, x, torch.randn(len(x), params.latent_dim), params.recon, params.beta)[0]
         return tb.reference(build(), (train,), loss, args.reference_epochs, params.seed, score)
 
-    def batch_loss(model, x, generator):
-        noise = torch.randn(len(x), params.latent_dim, generator=generator)
-        return vae_loss(model, x, noise, params.recon, params.beta)
+    def batch_loss(model, x, noise):
+        return vae_loss(model, x, noise(params.latent_dim), params.recon, params.beta)
 
     def side(label: str, arch: str, recipe: tb.Recipe):
         def train_side(stop):

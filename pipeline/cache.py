@@ -209,10 +209,12 @@ class Cache:
         return sorted(found, key=lambda m: (m.finished, m.entry), reverse=True)
 
     # ----- writing -------------------------------------------------------------------------------------------------
-    def resume_dir(self, key: Key) -> Path:
-        """Where an unfinished run of `key` keeps checkpoints; survives a kill, removed on publish."""
+    def resume_dir(self, key: Key, create: bool = True) -> Path:
+        """Where an unfinished run of `key` keeps checkpoints; survives a kill, removed on publish. Ranks other
+        than 0 of a torchrun job only read it, so they pass create=False."""
         path = self.root / key.stage / ".resume" / key.entry
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def staging_dir(self, key: Key) -> Path:

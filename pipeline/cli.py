@@ -21,6 +21,7 @@ from pipeline import params as params_mod
 from pipeline import runner
 from pipeline.params import UsageError
 from stages.contract import StageError
+from stages import distributed
 from stages.params import PrepareParams
 from stages import registry
 from stages.registry import SOURCE_STAGE
@@ -131,6 +132,10 @@ def main() -> None:
     # torch reads this at its first allocation, and no command has loaded torch yet: big tensors (StackNN's
     # weight gradient, made afresh each step) then come in 2 MB pages (docs/decisions.md). A user's setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Nor numpy: one OpenBLAS thread per process. prepare's decode pool is already one process per core, and
+    # BLAS threads on top spin against each other: the Lanczos resize (two small matrix products) took a hundred
+    # times as long (docs/decisions.md). Every numpy product the stages do is that small.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
 
@@ -233,6 +238,8 @@ def run(stages, sets, config, device, force, outputs) -> None:
         all_params = _stage_params(sets, config)
         runner.plan(tokens)  # reject unknown stage names before any work
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
+        if not distributed.world().main:
+            return  # one torchrun rank reports: rank 0, which wrote the cache
         for outcome in outcomes:
             _print_outcome(outcome, outputs)
         by_status = {status: [o.stage for o in outcomes if o.status == status] for status in ("ran", "cached",

@@ -6,12 +6,14 @@ re-run" explanation behave the same for all of them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
 import platform
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,7 @@ from pipeline import params as params_mod
 from pipeline.cache import LATEST, MANIFEST, Cache, Key, Manifest, explain_change, now
 from pipeline.params import UsageError
 from stages.contract import StageContext, StageSkipped, StageSpec
-from stages import registry
+from stages import distributed, registry
 from stages.registry import SOURCE_STAGE
 
 
@@ -92,21 +94,28 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
     """Reuse the cached entry of this key, or run the stage into a staging folder and publish it whole.
 
     Before the stage runs, every upstream file is checked against the content hash its manifest records:
-    DamagedEntry if one differs. ``damaged`` (why) says the cached entry of this key must not be trusted."""
+    DamagedEntry if one differs. ``damaged`` (why) says the cached entry of this key must not be trusted.
+    Under torchrun, rank 0 decides and the other ranks of a distributed stage follow its answer."""
+    here = distributed.world()
     key = make_key(spec, stage_params, {name: path.name for name, path in upstream_dirs.items()})
-    cached = None if damaged else cache.lookup(key)
+    cached = None if damaged or not here.main else cache.lookup(key)
+    if spec.distributed:
+        cached = distributed.from_main(cached)  # every rank trains, or none does
     if cached is not None and not force:
-        cache.point_latest(spec.name, key.entry)
+        if here.main:
+            cache.point_latest(spec.name, key.entry)
         return Outcome(spec.name, key.entry, "cached", metrics=cached.metrics)
 
     reason = "--force" if cached is not None else damaged or _why_run(cache, key)
     for name, folder in upstream_dirs.items():  # every byte this stage will read, as it was published
-        _, problem = cache.inspect(folder, verify=True)
+        _, problem = cache.inspect(folder, verify=True) if here.main else (None, "")
         if problem:
             raise DamagedEntry(name, folder, problem)
-    staging = cache.staging_dir(key)
-    context = StageContext(device=settings.device, workers=settings.workers, resume_dir=cache.resume_dir(key),
-                           echo=settings.echo, progress=settings.progress)
+    # Only rank 0 writes to the cache; the other ranks of a torchrun job train into a scratch folder of their own.
+    staging = cache.staging_dir(key) if here.main else Path(tempfile.mkdtemp(prefix=f"{spec.name}-rank{here.rank}-"))
+    context = StageContext(device=settings.device, workers=settings.workers,
+                           resume_dir=cache.resume_dir(key, create=here.main), echo=settings.echo,
+                           progress=settings.progress)
     started, clock = now(), time.perf_counter()
     try:
         metrics = _load(spec.run)(stage_params, upstream_dirs, staging, context) or {}
@@ -117,6 +126,9 @@ def run_stage(cache: Cache, spec: StageSpec, stage_params, upstream_dirs: dict[s
         cache.discard(staging)  # nothing half-written is ever published; resume checkpoints stay
         raise
     seconds = time.perf_counter() - clock
+    if not here.main:
+        cache.discard(staging)
+        return Outcome(spec.name, key.entry, "ran", reason=reason, seconds=seconds)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     manifest = Manifest(
         stage=spec.name, entry=key.entry, summary=spec.summary, version=spec.version,
@@ -182,24 +194,34 @@ def run_pipeline(tokens: list[str], all_params: dict[str, Any], settings: Settin
     cache = Cache(settings.outputs)
     specs = plan(tokens)
     outcomes: list[Outcome] = []
-    with cache.locked(settings.echo):
-        cache.sweep_staging()
+    here = distributed.world()
+    settings = replace(settings, device=distributed.join(settings.device))
+    # Under torchrun, rank 0 holds the lock and writes; the others read what it publishes, in step with it.
+    with cache.locked(settings.echo) if here.main else contextlib.nullcontext():
+        if here.main:
+            cache.sweep_staging()
         published = {SOURCE_STAGE: source_entry(cache)}
         for spec in specs:
             skip = _skip_reason(spec, all_params, published)
             if skip:
                 outcomes.append(Outcome(spec.name, "", "skipped", reason=skip))
                 continue
-            while True:
+            outcome = None
+            while here.main or spec.distributed:
                 try:
                     outcome = run_stage(cache, spec, all_params[spec.name], {n: published[n] for n in spec.upstream},
                                         settings, force=force and spec.name in tokens)
                     break
                 except DamagedEntry as damaged:
+                    if here.size > 1:  # the other ranks cannot follow rank 0 into another stage's re-run
+                        raise UsageError(f"{damaged}: run `pipeline run` once in a single process to recompute it, "
+                                         "then torchrun again") from None
                     published[damaged.stage] = _recompute(cache, damaged, settings)
+            outcome = distributed.from_main(outcome)  # sent once rank 0 has published: all ranks go on alike
             outcomes.append(outcome)
             if outcome.status != "skipped":
                 published[spec.name] = cache.entry_dir(spec.name, outcome.entry)
+    distributed.leave()
     return outcomes
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from stages import distributed
 from stages import metrics as m
 from stages.checkpoints import MODEL, ColorizerConfig, save_model
 from stages.colorizers import ChromaBins, GlobalUNet, LumaBaseline, classify_loss, color_from
@@ -124,8 +125,8 @@ def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, ...],
         model.start_at(train[1].mean(0))
     objective = _objective(model, params, class_weights)
 
-    def batch_loss(model, x, *rest, generator):
-        noisy = x + params.noise_std * torch.randn(x.shape, generator=generator, device=x.device)
+    def batch_loss(model, x, *rest, noise):
+        noisy = x + params.noise_std * noise(*x.shape[1:])
         return objective(model, noisy.clamp(0, 1), x, *rest)
 
     def evaluate(model):
@@ -168,6 +169,8 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     if tags is not None:
         train, test = (*train, tags[train_index]), (*test, tags[test_index])
     history = fit(training_job(model, params, train, test, class_weights), context, device)
+    if not distributed.world().main:
+        return {}  # rank 0 evaluates, draws and saves: the same model is on every rank
     save_model(out_dir / MODEL, model, config)
 
     tags_test = tags[test_index] if tags is not None else None

@@ -65,6 +65,7 @@ class StageSpec:
     fingerprint: str = ""  # fingerprint(params) -> str over files read from outside the cache, if any
     skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
     edit: str = ""  # edit(picture, inputs, edits, output, device): `pipeline edit` with this stage's entry
+    distributed: bool = False  # under torchrun every rank runs it (it trains through stages.training.fit)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class VaeParams:
     width: int = param(16, "channels of the first conv layer, doubling with depth (conv only)", min=1, max=256)
     channels: int = param(1, "1 = train on gray; 3 = train on color directly", choices=(1, 3))
     epochs: int = param(30, "passes over the training split", min=1)
-    batch_size: int = param(128, "images per optimiser step", min=1)
+    batch_size: int = param(128, "images per optimiser step, over all torchrun processes", min=1)
     lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
     recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",
@@ -63,7 +63,7 @@ class ColorizeParams:
     condition: str = param("", "tag column of the prepared set's labels.csv the colorizer also reads, e.g. hair "
                            "(conv only); empty = none")
     epochs: int = param(4, "passes over the training split", min=1)
-    batch_size: int = param(64, "images per optimiser step", min=1)
+    batch_size: int = param(64, "images per optimiser step, over all torchrun processes", min=1)
     lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     noise_std: float = param(0.05, "std of Gaussian noise added to the gray input while training ([0,1] scale)",
                              min=0.0)

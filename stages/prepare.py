@@ -9,6 +9,7 @@ import collections
 import csv
 import hashlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,7 @@ from stages import prepared_set as files
 from stages.contract import StageContext, StageError
 from stages.parallel import WorkerDied, chunked, map_in_order
 from stages.params import PrepareParams
+from stages.spool import CHUNK_BYTES, RowSpool
 from stages.sources import DecodedImage, SourceError, describe_source, folder_files, read_images, resize_square
 
 EMBEDDED_FACES = 20_000  # how many distinct procedural faces `--count all` means for the embedded default
@@ -30,6 +32,7 @@ _PREVIEW_COUNT = 32
 _DUPLICATES_SHOWN = 16
 _EMBEDDED_BATCH = 32  # faces per worker job: ~80 ms of drawing, so the pool's cost per job is noise
 _MAX_WARNINGS = 20
+_COLOR_SPOOL, _GRAY_SPOOL = ".color.spool", ".gray.spool"  # scratch files in the stage's folder, deleted by run
 
 
 def fingerprint(params: PrepareParams) -> str:
@@ -128,33 +131,59 @@ def _match_labels(names: list[str], rows: dict[str, dict[str, str]]) -> list[dic
     return matched
 
 
-def _collect(images: Iterator[DecodedImage], context: StageContext, total: int | None, label: str):
-    """Stream the decoded images into compact arrays, warning (a bounded number of times) about skipped ones."""
-    kept: list[DecodedImage] = []
-    skipped: collections.Counter[str] = collections.Counter()
+@dataclass
+class _Collected:
+    """What prepare keeps of every decoded image: pixels spooled to disk, names and hashes in memory."""
+
+    color: RowSpool  # (S, S, 3) uint8 rows
+    gray: RowSpool  # (S, S) uint8 rows, luma of color
+    names: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, images: list[DecodedImage]) -> None:
+        color = np.stack([image.pixels for image in images])
+        self.color.append(color)
+        self.gray.append(luma_uint8(color))
+        self.names += [image.name for image in images]
+        self.content_hashes += [image.content_hash for image in images]
+
+
+def _collect(images: Iterator[DecodedImage], collected: _Collected, context: StageContext, total: int | None,
+             label: str) -> None:
+    """Stream the decoded images into the spools a chunk at a time, warning (a bounded number of times) about
+    skipped ones: only one chunk of pixels is ever in memory."""
+    chunk: list[DecodedImage] = []
     with context.progress(total or 0, label) as bar:
         for image in images:
             bar.advance(1)
             if image.pixels is None:
-                skipped[image.skip_reason] += 1
-                if sum(skipped.values()) <= _MAX_WARNINGS:
+                collected.skipped[image.skip_reason] += 1
+                if collected.skipped.total() <= _MAX_WARNINGS:
                     context.echo(f"warning: skipped {image.name}: {image.skip_reason}")
                 continue
-            kept.append(image)
-    hidden = sum(skipped.values()) - _MAX_WARNINGS
+            chunk.append(image)
+            if len(chunk) * collected.color.row_bytes >= CHUNK_BYTES:
+                collected.add(chunk)
+                chunk = []
+    if chunk:
+        collected.add(chunk)
+    hidden = collected.skipped.total() - _MAX_WARNINGS
     if hidden > 0:
         context.echo(f"warning: ... and {hidden} more skipped files (counts by reason in the manifest)")
-    return kept, skipped
 
 
-def _preview(gray: np.ndarray, color: np.ndarray, path: Path) -> None:
-    """Pairs of (gray | color) for the first 32 images."""
+def _preview(gray_path: Path, color_path: Path, path: Path) -> None:
+    """Pairs of (gray | color) of the first 32 images, read back from the written arrays (memory-mapped)."""
+    gray, color = np.load(gray_path, mmap_mode="r"), np.load(color_path, mmap_mode="r")
     count = min(len(gray), _PREVIEW_COUNT)
     _pairs_image(np.repeat(gray[:count, ..., np.newaxis], 3, axis=3), color[:count], path)
 
 
 def _pairs_image(left: np.ndarray, right: np.ndarray, path: Path) -> None:
-    """(N, S, S, 3) pairs side by side, 8 pairs a row, scaled up 3x so a person can see 30x30 faces."""
+    """(N, S, S, 3) pairs side by side, 8 pairs a row, scaled up by a whole factor to about 90 px (30x30 faces 3x,
+    photos from 64 px as they are), PNG at the fastest compression: at photo sizes the default level took longer
+    than deduplicating the set."""
     count, size, columns, gap = len(left), left.shape[1], 8, 2
     rows = -(-count // columns)
     canvas = np.full((rows * (size + gap) + gap, columns * (2 * size + gap) + gap, 3), 255, np.uint8)
@@ -162,21 +191,28 @@ def _pairs_image(left: np.ndarray, right: np.ndarray, path: Path) -> None:
         top, left_edge = gap + (i // columns) * (size + gap), gap + (i % columns) * (2 * size + gap)
         canvas[top:top + size, left_edge:left_edge + size] = left[i]
         canvas[top:top + size, left_edge + size:left_edge + 2 * size] = right[i]
-    image = Image.fromarray(canvas)
-    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
+    image, scale = Image.fromarray(canvas), max(1, round(90 / size))
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path, compress_level=1)
 
 
-def _write_duplicates(out_dir: Path, duplicates: Duplicates, kept: list[DecodedImage], color: np.ndarray) -> None:
+def _write_duplicates(out_dir: Path, duplicates: Duplicates, names: list[str], color: RowSpool) -> None:
     """duplicates.csv lists every dropped copy; duplicates.png shows the first 16, each after the image it copies."""
     dropped = np.flatnonzero(duplicates.mask)
     with open(out_dir / files.DUPLICATES, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "duplicate_of", "difference"])
-        writer.writerows((kept[i].name, kept[duplicates.original[i]].name, f"{duplicates.difference[i]:.2f}")
+        writer.writerows((names[i], names[duplicates.original[i]], f"{duplicates.difference[i]:.2f}")
                          for i in dropped)
     if len(dropped):
         shown = dropped[:_DUPLICATES_SHOWN]
-        _pairs_image(color[duplicates.original[shown]], color[shown], out_dir / files.DUPLICATES_GRID)
+        _pairs_image(_spooled_rows(color, duplicates.original[shown]), _spooled_rows(color, shown),
+                     out_dir / files.DUPLICATES_GRID)
+
+
+def _spooled_rows(spool: RowSpool, indices: np.ndarray) -> np.ndarray:
+    """The spooled rows at `indices`, in that order (repeats allowed)."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return np.concatenate(list(spool.chunks(unique)))[inverse]
 
 
 def _write_labels(path: Path, names: list[str], tags: list[dict[str, str] | None]) -> list[str]:
@@ -202,56 +238,57 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
     else:
         images = _embedded_images(params.count, params.size, params.crop, context.workers, labels)
         origin = "embedded procedural faces"
-    try:
-        kept, skipped = _collect(images, context, None if params.source else (params.count or EMBEDDED_FACES),
-                                 "decoding images" if params.source else "drawing faces")
-    except WorkerDied as error:
-        raise StageError(str(error)) from None
-
-    color = np.stack([image.pixels for image in kept]) if kept else np.zeros((0, params.size, params.size, 3),
-                                                                              np.uint8)
-    gray = luma_uint8(color)
-    # The embedded faces are distinct by construction; a perceptual hash would only confuse look-alike cartoons.
-    if params.dedupe and params.source and len(gray):
-        found = find_duplicates(gray)
-        _write_duplicates(out_dir, found, kept, color)
-        duplicates = found.mask
-    else:
-        duplicates = np.zeros(len(gray), bool)
-    usable = np.flatnonzero(~duplicates)
-    if params.count and len(usable) < params.count:
-        raise StageError(f"only {len(usable)} usable images in {origin} ({sum(skipped.values())} skipped, "
-                         f"{int(duplicates.sum())} duplicates), fewer than --count {params.count}: "
-                         f"use --count {len(usable)} or --count all")
-    if len(usable) < 2:
-        raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
-    rng = np.random.default_rng(params.seed)
-    chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
-    color, gray = color[chosen], gray[chosen]
-    names = [kept[i].name for i in chosen]
+    side = params.size
+    with RowSpool(out_dir / _COLOR_SPOOL, (side, side, 3), np.uint8) as color, \
+            RowSpool(out_dir / _GRAY_SPOOL, (side, side), np.uint8) as gray:
+        collected = _Collected(color, gray)
+        try:
+            _collect(images, collected, context,
+                     None if params.source else (params.count or EMBEDDED_FACES),
+                     "decoding images" if params.source else "drawing faces")
+        except WorkerDied as error:
+            raise StageError(str(error)) from None
+        skipped = collected.skipped
+        kept = len(collected.names)
+        duplicates = np.zeros(kept, bool)
+        # The embedded faces are distinct by construction; a perceptual hash would only confuse look-alike cartoons.
+        if params.dedupe and params.source and kept:  # the gray set (a third of the color one) is read back whole
+            found = find_duplicates(np.concatenate(list(gray.chunks())))
+            _write_duplicates(out_dir, found, collected.names, color)
+            duplicates = found.mask
+        usable = np.flatnonzero(~duplicates)
+        if params.count and len(usable) < params.count:
+            raise StageError(f"only {len(usable)} usable images in {origin} ({skipped.total()} skipped, "
+                             f"{int(duplicates.sum())} duplicates), fewer than --count {params.count}: "
+                             f"use --count {len(usable)} or --count all")
+        if len(usable) < 2:
+            raise StageError(f"{origin} has {len(usable)} usable image(s): need at least 2 to train and test")
+        rng = np.random.default_rng(params.seed)
+        chosen = np.sort(rng.choice(usable, params.count, replace=False)) if params.count else usable
+        color.save(out_dir / files.COLOR, chosen)
+        gray.save(out_dir / files.GRAY, chosen)
+    names = [collected.names[i] for i in chosen]
 
     order = rng.permutation(len(chosen))
     test_count = int(round(len(chosen) * params.test_fraction))
     if params.test_fraction > 0:
         test_count = min(max(test_count, 1), len(chosen) - 1)
     np.savez(out_dir / files.SPLIT, train=np.sort(order[test_count:]), test=np.sort(order[:test_count]))
-    np.save(out_dir / files.COLOR, color)
-    np.save(out_dir / files.GRAY, gray)
     with open(out_dir / files.SOURCES, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "file", "content_hash"])
-        writer.writerows((i, name, kept[k].content_hash) for i, (name, k) in enumerate(zip(names, chosen)))
+        writer.writerows((i, collected.names[k], collected.content_hashes[k]) for i, k in enumerate(chosen))
     if params.labels:
         columns, rows = _read_label_csv(Path(params.labels))
         tags = _match_labels(names, rows)
     else:
         tags = [labels.get(name) for name in names]
     tag_columns = _write_labels(out_dir / files.LABELS, names, tags)
-    _preview(gray, color, out_dir / files.PREVIEW)
+    _preview(out_dir / files.GRAY, out_dir / files.COLOR, out_dir / files.PREVIEW)
     files.write_info(out_dir, files.DatasetInfo(source=origin, embedded=not params.source, size=params.size,
                                                 crop=params.crop, images=len(chosen)))
 
-    counts = {"read": len(kept) + sum(skipped.values()), "skipped": sum(skipped.values()),
+    counts = {"read": kept + skipped.total(), "skipped": skipped.total(),
               "skipped_by_reason": dict(skipped), "duplicates": int(duplicates.sum()), "kept": len(chosen),
               "train": len(chosen) - test_count, "test": test_count,
               "labelled": sum(1 for t in tags if t), "label_columns": tag_columns}

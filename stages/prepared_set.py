@@ -54,19 +54,21 @@ def read_info(folder: Path) -> DatasetInfo:
 
 def load_prepared(folder: Path, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, C, S, S) float32 images in [0,1] for the requested channels (1 gray, 3 color), and the train/test
-    indices."""
+    indices. The uint8 file is memory-mapped and scaled in place, so the float array is the only copy made."""
     try:
         if channels == 1:
-            images = np.load(folder / GRAY, allow_pickle=False)[:, None]
+            images = np.load(folder / GRAY, mmap_mode="r", allow_pickle=False)[:, None]
         else:
-            images = np.load(folder / COLOR, allow_pickle=False).transpose(0, 3, 1, 2)
+            images = np.load(folder / COLOR, mmap_mode="r", allow_pickle=False).transpose(0, 3, 1, 2)
         split = np.load(folder / SPLIT, allow_pickle=False)
         train, test = split["train"], split["test"]
     except (OSError, KeyError, ValueError) as error:
         raise StageError(f"the prepared set in {folder} is unreadable ({error}): run `pipeline prepare --force`")
     if len(test) == 0:
         raise StageError("the prepared set has no test images: run `pipeline prepare --test-fraction 0.1`")
-    return np.ascontiguousarray(images, dtype=np.float32) / 255.0, train, test
+    scaled = np.ascontiguousarray(images, dtype=np.float32)
+    scaled /= 255.0
+    return scaled, train, test
 
 
 def labels_file(folder: Path) -> Path | None:

@@ -144,9 +144,10 @@ def resize_square(rgb: np.ndarray, size: int, crop: float = 1.0) -> np.ndarray:
     and nothing clipped between the passes."""
     height, width = rgb.shape[:2]
     side = min(height, width) * crop
-    rows, cols = _lanczos_matrix(height, side, size), _lanczos_matrix(width, side, size)
-    planes = rgb.reshape(height, width, -1).astype(np.float32).transpose(2, 0, 1)  # (C, H, W)
-    resampled = rows @ planes @ cols.T  # (C, H, W) -> (C, size, size)
+    (row_span, rows), (col_span, cols) = _lanczos_matrix(height, side, size), _lanczos_matrix(width, side, size)
+    window = rgb[row_span, col_span]  # only the pixels some weight reaches: a quarter of them at crop 0.5
+    planes = window.reshape(*window.shape[:2], -1).astype(np.float32).transpose(2, 0, 1)  # (C, h, w)
+    resampled = rows @ planes @ cols.T  # (C, h, w) -> (C, size, size)
     pixels = np.clip(np.rint(resampled), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
@@ -163,14 +164,17 @@ def decode_file(path: Path, size: int, crop: float = 1.0) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _lanczos_matrix(length: int, side: float, size: int) -> np.ndarray:
-    """(size, length) weights resampling the centred span of ``side`` pixels (of ``length``) to ``size`` samples."""
+def _lanczos_matrix(length: int, side: float, size: int) -> tuple[slice, np.ndarray]:
+    """Weights resampling the centred span of ``side`` pixels (of ``length``) to ``size`` samples: the slice of
+    input pixels any weight reaches, and the (size, that many) matrix. A centre crop never touches the rest."""
     scale = side / size
     stretch = max(scale, 1.0)
     centres = (length - side) / 2 + (np.arange(size) + 0.5) * scale
     distance = (np.arange(length) + 0.5 - centres[:, np.newaxis]) / stretch
     weights = np.sinc(distance) * np.sinc(distance / 3) * (np.abs(distance) < 3)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    reached = np.flatnonzero(weights.any(axis=0))
+    span = slice(int(reached[0]), int(reached[-1]) + 1)
+    return span, np.ascontiguousarray(weights[:, span] / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _decode_batch(tasks: list[_Task], size: int, crop: float) -> _DecodedBatch:

@@ -9,6 +9,13 @@
 - All randomness (order, noise) comes from one seeded torch.Generator, saved with each checkpoint, so an
   interrupted run resumes exactly where it stopped and the same seed on CPU gives identical results.
 - A non-finite loss stops training with a one-line StageError; nothing half-trained is published.
+- Under torchrun (stages/distributed.py) the model is wrapped in DistributedDataParallel and each rank trains on
+  its own rows of every global batch of ``batch_size`` rows. Every rank draws the same permutation and the
+  noise of the whole global batch (``Noise``), and weights its mean loss by its share of the rows, so the
+  averaged gradient is exactly the one process's: N ranks train what one does, up to float rounding. BatchNorm
+  is synchronised over the ranks on CUDA (SyncBatchNorm); on CPU, which SyncBatchNorm does not support, it
+  normalises each rank's rows alone. Rank 0 alone evaluates and writes the resume checkpoints; every rank
+  resumes from rank 0's.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from stages import distributed
 from stages.contract import StageContext, StageError
 from stages.viz import save_loss_chart
 
@@ -67,10 +75,25 @@ class History:
     extra: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0  # training time, summed over interrupted sessions
     images: int = 0  # training images processed
+    world_size: int = 1  # processes that trained it (torchrun's WORLD_SIZE)
+    global_batch: int = 0  # images per optimiser step, over all processes
 
     def as_dict(self) -> dict:
         return {"train": self.train, "test": self.test, "elapsed": self.elapsed, **self.extra,
-                "seconds": self.seconds, "images": self.images}
+                "seconds": self.seconds, "images": self.images, "world_size": self.world_size,
+                "global_batch": self.global_batch}
+
+
+class Noise:
+    """Standard normal noise for one global batch, of which this rank's rows: ``noise(*shape)`` is
+    (rows, *shape), the same values one process would draw for those rows. Call it in the same order on every
+    rank (it advances the shared generator by the whole batch)."""
+
+    def __init__(self, batch: int, rows: slice, generator: torch.Generator, device: torch.device):
+        self.batch, self.rows, self.generator, self.device = batch, rows, generator, device
+
+    def __call__(self, *shape: int) -> torch.Tensor:
+        return torch.randn(self.batch, *shape, generator=self.generator, device=self.device)[self.rows]
 
 
 @dataclass
@@ -79,10 +102,10 @@ class Job:
 
     model: torch.nn.Module
     train_data: tuple[torch.Tensor, ...]  # tensors indexed together along dim 0, already on the device
-    batch_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (model, *batch, generator) -> loss, stats
+    batch_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (model, *rows, noise: Noise) -> mean loss, stats
     evaluate: Callable[[torch.nn.Module], dict[str, float]]  # -> {"loss": test loss, ...}, called per epoch
     epochs: int
-    batch_size: int
+    batch_size: int  # the global batch: per-rank batch x world size
     lr: float
     seed: int
     label: str
@@ -127,8 +150,14 @@ def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None
 
 
 def fit(job: Job, context: StageContext, device: torch.device) -> History:
-    """Train `job.model` in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists."""
+    """Train `job.model` in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists.
+    Under torchrun every rank calls this; only rank 0's History holds the evaluations."""
+    here = distributed.world()
     model, count = job.model, job.train_data[0].shape[0]
+    if here.size > 1 and device.type == "cuda":
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: batch statistics over all ranks' rows
+    trained = model if here.size == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(count / job.batch_size)
     optimizer = make_optimizer(model, job.lr)
     schedule = one_cycle(optimizer, job.lr, job.epochs * steps_per_epoch, job.warmup)
@@ -157,28 +186,33 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
         for epoch in range(first_epoch, job.epochs):
             started = time.perf_counter()
             model.train()
-            total, sums = 0.0, {}
+            sums: dict[str, float] = {"loss": 0.0}
             order = torch.randperm(count, generator=generator, device=device)
             for start in range(0, count, job.batch_size):
                 index = order[start:start + job.batch_size]
-                loss, stats = job.batch_loss(model, *(t[index] for t in job.train_data), generator=generator)
+                rows = here.rows(len(index))
+                share = (rows.stop - rows.start) / len(index)  # of the global batch: weights this rank's mean
+                noise = Noise(len(index), rows, generator, device)
+                loss, stats = job.batch_loss(trained, *(t[index[rows]] for t in job.train_data), noise=noise)
                 if not torch.isfinite(loss):
                     raise StageError(f"{job.label}: the loss became {loss.item()} at epoch {epoch + 1}; training "
                                      "stopped and nothing was saved. Lower the learning rate (--set "
                                      f"{job.label}.lr=...) and run again")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (share * here.size)).backward()  # DDP averages over ranks: the global batch's mean
                 optimizer.step()
                 schedule.step()
-                total += loss.item() * len(index)
-                for name, value in stats.items():
-                    sums[name] = sums.get(name, 0.0) + value * len(index)
+                for name, value in {"loss": loss.item(), **stats}.items():
+                    sums[name] = sums.get(name, 0.0) + value * share * len(index)
+            sums = _summed_over_ranks(sums, here, device)
             history.seconds += time.perf_counter() - started
             history.images += count
+            if not here.main:
+                continue
             model.eval()
             with torch.no_grad():
                 evaluation = job.evaluate(model)
-            history.train.append(total / count)
+            history.train.append(sums.pop("loss") / count)
             history.test.append(evaluation.pop("loss"))
             history.elapsed.append(history.seconds)
             for name, value in {**{f"train_{k}": v / count for k, v in sums.items()}, **evaluation}.items():
@@ -200,7 +234,17 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 last_save = time.perf_counter()
                 save_cost = last_save - clock
     model.eval()
+    history.world_size, history.global_batch = here.size, job.batch_size
     return history
+
+
+def _summed_over_ranks(sums: dict[str, float], here: distributed.World, device: torch.device) -> dict[str, float]:
+    """An epoch's per-rank sums of the batch statistics, added up over the ranks (every rank gets the total)."""
+    if here.size == 1:
+        return sums
+    totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)  # nccl reduces GPU tensors only
+    torch.distributed.all_reduce(totals)
+    return dict(zip(sums, totals.tolist()))
 
 
 def write_training_record(out_dir: Path, history: History, model: torch.nn.Module, title: str) -> dict:
@@ -209,5 +253,6 @@ def write_training_record(out_dir: Path, history: History, model: torch.nn.Modul
     save_loss_chart({"train": history.train, "test": history.test}, out_dir / "loss.png", title)
     return {"train_seconds": round(history.seconds, 2), "epochs": len(history.train),
             "images_per_second": round(history.images / max(history.seconds, 1e-9), 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "world_size": history.world_size, "global_batch": history.global_batch}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import distributed
 from stages import metrics as m
 from stages import vae_outputs
 from stages.checkpoints import MODEL, VaeConfig, save_model
@@ -132,14 +133,15 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                        latent_dim=params.latent_dim, width=params.width, recon=params.recon)
     model = config.build().to(device)
 
-    def batch_loss(model, x, generator):
-        noise = torch.randn(len(x), params.latent_dim, generator=generator, device=device)
-        return vae_loss(model, x, noise, params.recon, params.beta)
+    def batch_loss(model, x, noise):
+        return vae_loss(model, x, noise(params.latent_dim), params.recon, params.beta)
 
     job = Job(model=model, train_data=(images[train_index],), batch_loss=batch_loss,
               evaluate=test_loss_evaluator(images[test_index], params), epochs=params.epochs,
               batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae")
     history = fit(job, context, device)
+    if not distributed.world().main:
+        return {}  # rank 0 evaluates, draws and saves: the same model is on every rank
 
     save_model(out_dir / MODEL, model, config)
     results = evaluate_model(model, images[test_index], params)

@@ -61,6 +61,7 @@ def test_embedded_default_writes_gray_color_split_sources_labels_and_preview(emb
     first_gray, first_color = pixels[6:96:3, 6:96:3], pixels[6:96:3, 96:186:3]  # 3x scale, 2-pixel gutters
     assert (first_gray == gray[0][..., None]).all() and (first_color == color[0]).all()
     assert pixels.shape == (3 * (4 * 32 + 2), 3 * (8 * 62 + 2), 3), "32 pairs, 8 a row"
+    assert not list(entry.glob(".*spool")), "the scratch spools are deleted, never published"
 
 
 def test_gray_is_the_luma_of_color_rounded_to_nearest_for_every_pixel(embedded):

@@ -27,7 +27,7 @@ def linear_job() -> Job:
     y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
     model = torch.nn.Linear(4, 1)
 
-    def batch_loss(model, x, y, generator):
+    def batch_loss(model, x, y, noise):
         loss = (model(x) - y).pow(2).mean()
         return loss, {}
 

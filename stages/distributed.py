@@ -1,0 +1,90 @@
+"""One training job across processes started by `torchrun`: which rank this is, the process group, whose rows.
+
+torchrun starts one copy of the command per process and tells each, in environment variables, its ``RANK``,
+``LOCAL_RANK`` (its GPU on this machine) and the ``WORLD_SIZE``. Without torchrun this is a world of one and
+nothing here imports torch: the tool asks ``world()`` before any stage loads.
+
+The contract the runner and the training loop keep on top of this:
+- every rank computes the same cache keys; rank 0 decides "cached, skip" and the others follow its answer;
+- only rank 0 writes to the cache (staging, manifest, publish, ``latest``, resume checkpoints); the others
+  wait at a barrier until what they must read is published;
+- each rank trains on its own contiguous slice of every global batch (``rows``), so N ranks see exactly the
+  rows, and draw exactly the noise, that one process would with the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """The rank that writes the cache, evaluates and draws the figures."""
+        return self.rank == 0
+
+    def rows(self, count: int) -> slice:
+        """This rank's contiguous part of a global batch of ``count`` rows: parts differ by at most one row,
+        together they cover every row once, in order."""
+        start = self.rank * count // self.size
+        return slice(start, (self.rank + 1) * count // self.size)
+
+
+def world() -> World:
+    """This process's place in the job, from torchrun's environment (a world of one without it)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                 int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def join(device: str) -> str:
+    """Join the job's process group once (gloo on CPU, nccl on CUDA) and return this rank's device:
+    ``cuda:LOCAL_RANK`` on GPUs. A world of one joins nothing."""
+    here = world()
+    if here.size == 1:
+        return device
+    import torch
+    import torch.distributed as dist
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{here.local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+def _group():
+    import torch.distributed as dist
+
+    return dist if world().size > 1 and dist.is_initialized() else None
+
+
+def from_main(value):
+    """Rank 0's ``value`` on every rank (any picklable object); the value itself in a world of one."""
+    dist = _group()
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (rank 0 has published what the others read next)."""
+    dist = _group()
+    if dist is not None:
+        dist.barrier()
+
+
+def leave() -> None:
+    """Tear the process group down at the end of the command, so torchrun sees a clean exit."""
+    dist = _group()
+    if dist is not None:
+        dist.destroy_process_group()

@@ -1,0 +1,170 @@
+"""Specification of training under torchrun (CPU, gloo, 127.0.0.1 only): N ranks train what one process trains,
+only rank 0 writes the cache, and a rank that dies ends the job with nothing published and a resumable state.
+
+Equivalence is asserted on models without BatchNorm (the reference FC VAE and StackNN): BatchNorm normalises
+each rank's rows by that rank's statistics, so a BatchNorm model is the same only with SyncBatchNorm (CUDA)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import cli, latest_entry, succeeded
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+VAE = ("--stages", "vae", "--set", "vae.arch=fc", "--set", "vae.epochs=2", "--set", "vae.batch_size=32")
+COLORIZE = ("--stages", "colorize", "--set", "colorize.epochs=1", "--set", "colorize.batch_size=32")
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun(outputs: Path, *args: str, nodes: int = 1, node_rank: int = 0, port: int = 0) -> subprocess.Popen:
+    """`torchrun ... -m pipeline run ARGS`: 2 ranks on one node, or rank `node_rank` of `nodes` one-rank nodes."""
+    launch = (["--standalone", "--nproc-per-node=2"] if nodes == 1 else
+              [f"--nnodes={nodes}", "--nproc-per-node=1", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test", "--local-addr=127.0.0.1"])
+    command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "pipeline", "run", *args,
+               "--outputs", str(outputs)]
+    return subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+@pytest.fixture
+def launched():
+    """Collects the torchrun agents a test starts, and kills any still running at its end (a failed test)."""
+    agents: list[subprocess.Popen] = []
+    yield agents
+    for agent in agents:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+
+
+def finished(process: subprocess.Popen, timeout: float = 180) -> str:
+    """Its output, once it exits 0; the timeout only guards against a hang (a busy machine starts torch slowly)."""
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def weights(entry: Path) -> dict[str, torch.Tensor]:
+    return torch.load(entry / "model.pt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(one: Path, other: Path, tolerance: float) -> None:
+    """Every tensor within `tolerance` relative (norm of the difference over the norm of the tensor)."""
+    a, b = weights(one), weights(other)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).norm() <= tolerance * a[name].norm(), name
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """120 embedded faces, prepared once; each test copies the cache folder."""
+    outputs = tmp_path_factory.mktemp("prepared") / "outputs"
+    succeeded(cli(outputs, "prepare", "--count", "120"))
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def prepared_small(tmp_path_factory) -> Path:
+    """The same at 8x8, where StackNN has 6 M parameters instead of 90 M: each step all-reduces 24 MB."""
+    outputs = tmp_path_factory.mktemp("prepared_small") / "outputs"
+    succeeded(cli(outputs, "prepare", "--count", "120", "--size", "8"))
+    return outputs
+
+
+def copy_of(prepared: Path, folder: Path) -> Path:
+    subprocess.run(["cp", "-r", str(prepared), str(folder)], check=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_local_ranks(prepared, tmp_path_factory) -> Path:
+    """The short FC VAE run by 2 ranks on one node: the reference of the single-process and multi-node tests."""
+    outputs = copy_of(prepared, tmp_path_factory.mktemp("local") / "outputs")
+    finished(torchrun(outputs, *VAE))
+    return outputs
+
+
+def two_rank_run(request, tmp_path: Path, stage_args: tuple[str, ...]) -> Path:
+    if stage_args == VAE:
+        return request.getfixturevalue("two_local_ranks")
+    outputs = copy_of(request.getfixturevalue("prepared_small"), tmp_path / "double")
+    finished(torchrun(outputs, *stage_args))
+    return outputs
+
+
+@pytest.mark.parametrize("stage_args", [VAE, COLORIZE], ids=["fc-vae", "stacknn"])
+def test_two_ranks_with_half_batches_train_the_weights_of_one_process(request, tmp_path, stage_args):
+    stage = stage_args[1]
+    prepared = request.getfixturevalue("prepared" if stage == "vae" else "prepared_small")
+    single = copy_of(prepared, tmp_path / "single")
+
+    succeeded(cli(single, "run", *stage_args))
+    double = two_rank_run(request, tmp_path, stage_args)
+
+    one, two = latest_entry(single, stage), latest_entry(double, stage)
+    assert one.name == two.name, "the world size does not enter the cache key"
+    assert_same_weights(one, two, 1e-5)
+    metrics = {"single": (one / "metrics.json").read_text(), "double": (two / "metrics.json").read_text()}
+    assert '"world_size": 1' in metrics["single"] and '"world_size": 2' in metrics["double"]
+    assert '"global_batch": 32' in metrics["double"]
+
+
+def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, two_local_ranks, tmp_path, launched):
+    local, nodes = two_local_ranks, copy_of(prepared, tmp_path / "nodes")
+
+    port = free_port()
+    agents = [torchrun(nodes, *VAE, nodes=2, node_rank=rank, port=port) for rank in (0, 1)]
+    launched.extend(agents)
+    for agent in agents:
+        finished(agent)
+
+    entries = [p for p in (nodes / "vae").iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    assert [p.name for p in entries] == [latest_entry(local, "vae").name], "one published entry, the same key"
+    assert_same_weights(latest_entry(local, "vae"), entries[0], 0.0)
+
+
+def rank_pids(agent: subprocess.Popen) -> list[int]:
+    """The worker processes torchrun started (children of the agent)."""
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_a_killed_rank_ends_the_job_without_publishing_and_the_rerun_resumes(prepared, tmp_path, launched):
+    outputs = copy_of(prepared, tmp_path / "outputs")
+    long_run = ("--stages", "vae", "--set", "vae.arch=fc", "--set", "vae.epochs=12", "--set", "vae.batch_size=16")
+    agent = torchrun(outputs, *long_run)
+    launched.append(agent)
+    resume, deadline = outputs / "vae" / ".resume", time.monotonic() + 90  # starting torch on a busy machine
+    while not list(resume.glob("*/checkpoint.pt")) and time.monotonic() < deadline and agent.poll() is None:
+        time.sleep(0.1)
+    assert list(resume.glob("*/checkpoint.pt")), "rank 0 wrote a resume checkpoint"
+
+    os.kill(rank_pids(agent)[-1], signal.SIGKILL)  # the last rank: not the one that writes
+    output, _ = agent.communicate(timeout=60)
+
+    assert agent.returncode != 0, output[-2000:]
+    assert not (outputs / "vae" / "latest").exists(), "nothing published"
+    rerun = finished(torchrun(outputs, *long_run))
+    assert "resuming from epoch" in rerun
+    assert (outputs / "vae" / "latest" / "model.pt").is_file()
