@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import judge
 from stages.checkpoints import MODEL, GanConfig, save_model
 from stages.contract import StageContext, StageError
 from stages.gan_training import GanJob, train_gan
@@ -29,6 +30,7 @@ INTERPOLATION_ROWS = 6
 INTERPOLATION_STEPS = 7
 FIXED_NOISE_SEED = 2026  # not the training seed: every run and epoch draws its grid from the same noise
 DIVERSITY_FLOOR = 0.25  # samples closer to each other than this fraction of the real faces' spread: collapsed
+COVERAGE_FLOOR = 0.05  # fewer real test faces than this with a sample nearby (the judge's coverage): collapsed
 
 
 def read_classes(prepared: Path, column: str) -> tuple[np.ndarray, list[str]]:
@@ -63,12 +65,26 @@ def diversity(samples: torch.Tensor, real: torch.Tensor) -> float:
     return (spread(samples) / spread(real).clamp_min(1e-8)).item()
 
 
-def collapse_warning(diversity_ratio: float) -> str:
-    """One line for the summary and the report when the generator has collapsed onto few images, else ""."""
-    if diversity_ratio >= DIVERSITY_FLOOR:
-        return ""
-    return (f"mode collapse: the samples are near-identical (their spread is {diversity_ratio:.2f} of the real "
-            "faces'); try another gan.seed, a lower gan.lr, or gan.spectral_norm=true")
+def collapse_warning(diversity_ratio: float, coverage: float | None = None) -> str:
+    """One line for the summary and the report when the generator has collapsed onto few images, else "": its
+    samples are near-identical, or they cover almost none of the real test faces (the judge's coverage)."""
+    if diversity_ratio < DIVERSITY_FLOOR:
+        return (f"mode collapse: the samples are near-identical (their spread is {diversity_ratio:.2f} of the real "
+                "faces'); try another gan.seed, a lower gan.lr, or more gan.epochs")
+    if coverage is not None and coverage < COVERAGE_FLOOR:
+        return (f"mode collapse: the samples cover only {coverage:.0%} of the real test faces; try another gan.seed, "
+                "a lower gan.lr, or more gan.epochs")
+    return ""
+
+
+@torch.no_grad()
+def judged(generator, noise_dim: int, classes: list[str], real: torch.Tensor, seed: int) -> dict:
+    """The judge's realism numbers of as many fresh samples as there are real test faces (random tags, if any)."""
+    random = torch.Generator(device=real.device).manual_seed(seed + 1)
+    z = torch.randn(len(real), noise_dim, generator=random, device=real.device)
+    labels = (torch.randint(len(classes), (len(real),), generator=random, device=real.device) if classes
+              else None)
+    return judge.realism(to_unit(generator(z, labels)), real, seed=seed)
 
 
 @torch.no_grad()
@@ -132,12 +148,19 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                "parameters": sum(p.numel() for p in generator.parameters()),
                "discriminator_parameters": sum(p.numel() for p in discriminator.parameters()),
                "final_d_real": history.d_real[-1], "final_d_fake": history.d_fake[-1]}
-    warning = collapse_warning(spread)
+    real = images[test_index][:judge.REAL_IMAGES]
+    if len(real) >= 2 * judge.NEIGHBOURS:
+        realism = judged(generator, params.noise_dim, classes, real, params.seed)
+        results.update(c2st=realism["c2st"], c2st_std=realism["c2st_std"], density=realism["density"],
+                       coverage=realism["coverage"], fd=realism["fd"])
+    warning = collapse_warning(spread, results.get("coverage"))
     if warning:
         results["warning"] = warning
         context.echo(f"gan: {warning}")
     results["headline"] = warning or (f"D(real) {history.d_real[-1]:.2f}, D(fake) {history.d_fake[-1]:.2f}, "
                                       f"sample diversity {spread:.2f} of the real faces', "
+                                      + (f"C2ST {results['c2st']:.2f}, coverage {results['coverage']:.2f}, "
+                                         if "c2st" in results else "") +
                                       f"{results['images_per_second']:.0f} img/s")
     return results
 

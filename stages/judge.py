@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 NEIGHBOURS = 5  # k of Naeem et al. 2020
+REAL_IMAGES = 1000  # real test images (at most) every generator is judged against: the first ones of the split
 EMBED_GRID = 4  # the embedding averages its feature maps over an EMBED_GRID x EMBED_GRID grid
 CLASSIFIER_STEPS = 150
 CLASSIFIER_BATCH = 64
@@ -55,7 +56,8 @@ def realism(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> dict[
         fake_features, real_features = embed(generated), embed(real)
     mean, std = real_features.mean(0), real_features.std(0) + 1e-6
     fake_features, real_features = (fake_features - mean) / std, (real_features - mean) / std
-    accuracy, scored = c2st(generated, real, seed)
+    with torch.enable_grad():  # the classifier trains even when the caller generated under no_grad
+        accuracy, scored = c2st(generated, real, seed)
     return {
         "c2st": accuracy,
         "c2st_std": math.sqrt(accuracy * (1 - accuracy) / scored),

@@ -50,6 +50,8 @@ class VaeParams:
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
     recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",
                        choices=("bce", "mse"))
+    sampler: str = param("gmm", "where samples.png draws z: prior = N(0, I); gmm = a Gaussian mixture fitted to the "
+                         "training codes (both are scored)", choices=("prior", "gmm"))
     seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 
 

@@ -42,7 +42,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="the prepared image set: gray and color arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(
-        name="vae", version=4, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
+        name="vae", version=5, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
         distributed=True,
         figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
                  Figure("samples.png", "64 decodes of z ~ N(0, I)"),
@@ -79,7 +79,7 @@ STAGES: tuple[StageSpec, ...] = (
                 "edit grids",
     ),
     StageSpec(  # opt-in (`--stages gan`): not in the default run
-        name="gan", version=1, params=GanParams, upstream=("prepare",), run="stages.gan:run",
+        name="gan", version=2, params=GanParams, upstream=("prepare",), run="stages.gan:run",
         figures=(Figure("samples.png", "64 samples of one fixed noise batch (one row per tag value if conditional)"),
                  Figure("interpolation.png", "each row: 7 steps on the line between two noise vectors"),
                  Figure("loss.png", "G and D loss, and D's mean P(real) for real and generated faces, per epoch")),

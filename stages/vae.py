@@ -3,6 +3,11 @@
 Reads the prepared set (stages.prepared_set). Writes the model (stages.checkpoints), history.json, loss.png, the
 grids (reconstructions, samples, interpolation, traversal, manifold when z is 2-D) and the arrays behind them
 (stages.vae_outputs), so vae_color can color exactly these images.
+
+Samples come from one of two samplers, and both are scored by the realism judge (stages.judge) against the same
+real test faces: `prior` draws z ~ N(0, I), as the reference does; `gmm` draws from a Gaussian mixture fitted to
+the training set's posterior means (ex-post density estimation, Ghosh et al. 2020), which avoids the holes the
+aggregate posterior leaves in the prior. samples.png shows the configured sampler.
 """
 from __future__ import annotations
 
@@ -11,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import distributed
+from stages import distributed, gmm, judge
 from stages import metrics as m
 from stages import vae_outputs
 from stages.checkpoints import MODEL, VaeConfig, save_model
 from stages.contract import StageContext
-from stages.models import decode_images, map_in_slices
+from stages.models import decode_images, encode_means, map_in_slices
 from stages.params import VaeParams
 from stages.prepared_set import load_prepared
 from stages.training import Job, fit, resolve_device, write_training_record
@@ -29,6 +34,7 @@ INTERPOLATION_STEPS = 7
 TRAVERSAL_STEPS = 11
 MANIFOLD_SIDE = 15
 NLL_IMAGES, NLL_SAMPLES = 256, 128
+GMM_CODES = 4000  # training codes (at most) the mixture is fitted to: EM cost grows with them, its fit does not
 
 
 def vae_loss(model, x, noise, recon: str, beta: float):
@@ -74,8 +80,8 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
 
 
 @torch.no_grad()
-def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: list[float], params: VaeParams,
-                out_dir: Path) -> None:
+def write_grids(model, images: torch.Tensor, test_index: np.ndarray, samples: torch.Tensor, kl_dims: list[float],
+                params: VaeParams, out_dir: Path) -> None:
     """Reconstructions, samples, interpolations, traversals (and the 2-D manifold), as PNG grids and arrays."""
     device = images.device
     generator = torch.Generator(device=device).manual_seed(params.seed + 2)
@@ -86,7 +92,6 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
     reconstructions = decode_images(model, model.encode(originals)[0])
     save_grid(torch.cat([originals, reconstructions]).cpu(), len(chosen), out_dir / "reconstructions.png")
 
-    samples = decode_images(model, torch.randn(SAMPLES, params.latent_dim, generator=generator, device=device))
     save_grid(samples.cpu(), 8, out_dir / "samples.png")
 
     pair_count = max(1, min(INTERPOLATION_PAIRS, len(test) // 2))  # a small test split gives fewer rows
@@ -124,6 +129,24 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, kl_dims: li
         manifold=manifold.cpu().numpy() if params.latent_dim == 2 else None))
 
 
+@torch.no_grad()
+def sample_codes(model, train: torch.Tensor, params: VaeParams, count: int) -> tuple[dict[str, torch.Tensor], str]:
+    """`count` latent codes from each sampler (name -> (count, Z)), and a description of the fitted mixture."""
+    generator = torch.Generator(device=train.device).manual_seed(params.seed + 2)
+    prior = torch.randn(count, params.latent_dim, generator=generator, device=train.device)
+    chosen = torch.randperm(len(train), generator=generator, device=train.device)[:GMM_CODES]
+    mixture = gmm.fit(encode_means(model, train[chosen]).cpu().numpy(), seed=params.seed)
+    fitted = torch.from_numpy(mixture.sample(count, params.seed)).to(train.device)
+    return {"prior": prior, "gmm": fitted}, mixture.describe()
+
+
+@torch.no_grad()
+def score_samplers(model, codes: dict[str, torch.Tensor], test: torch.Tensor, seed: int) -> dict[str, dict]:
+    """The judge's realism numbers of each sampler's decoded codes against the same real test faces."""
+    real = test[:judge.REAL_IMAGES]
+    return {name: judge.realism(decode_images(model, z[:len(real)]), real, seed=seed) for name, z in codes.items()}
+
+
 def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
     device = resolve_device(context.device)
     images_np, train_index, test_index = load_prepared(inputs["prepare"], params.channels)
@@ -146,10 +169,21 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
     save_model(out_dir / MODEL, model, config)
     results = evaluate_model(model, images[test_index], params)
     results.update(write_training_record(out_dir, history, model, f"VAE loss (nats/image, β={params.beta:g})"))
-    write_grids(model, images, test_index, results["kl_per_dim"], params, out_dir)
+    test = images[test_index]
+    codes, results["gmm_fit"] = sample_codes(model, images[train_index], params, max(SAMPLES, min(judge.REAL_IMAGES,
+                                                                                              len(test))))
+    write_grids(model, images, test_index, decode_images(model, codes[params.sampler][:SAMPLES]),
+                results["kl_per_dim"], params, out_dir)
     excess = f" (+{results['neg_elbo_excess']:.1f} over the entropy floor)" if "neg_elbo_excess" in results else ""
+    realism = ""
+    if len(test) >= 2 * judge.NEIGHBOURS:
+        results["realism"] = score_samplers(model, codes, test, params.seed)
+        chosen = results["realism"][params.sampler]
+        results.update(c2st=chosen["c2st"], coverage=chosen["coverage"], density=chosen["density"],
+                       fd=chosen["fd"])
+        realism = f", {params.sampler} samples C2ST {chosen['c2st']:.2f}, coverage {chosen['coverage']:.2f}"
     results["headline"] = (f"test -ELBO {results['test_neg_elbo']:.1f} nats{excess}, KL {results['test_kl']:.1f}, "
                            f"{results['active_dims']}/{params.latent_dim} active dims, recon PSNR "
-                           f"{results['recon_psnr']:.1f} dB, {results['images_per_second']:.0f} img/s")
+                           f"{results['recon_psnr']:.1f} dB{realism}, {results['images_per_second']:.0f} img/s")
     return results
 

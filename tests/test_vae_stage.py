@@ -153,6 +153,21 @@ def test_metrics_are_finite_and_in_range(trained):
     assert metrics["epochs"] == 5
 
 
+def test_both_samplers_are_judged_against_the_same_real_test_faces(trained, prepared):
+    _, entry, _ = trained
+    test_count = len(np.load(latest_entry(prepared, "prepare") / "split.npz")["test"])
+
+    metrics = metrics_of(entry)
+
+    assert set(metrics["realism"]) == {"prior", "gmm"}
+    for scores in metrics["realism"].values():
+        assert scores["n"] == test_count, "every real test face (up to 1,000) is a judge's reference"
+        assert 0 <= scores["c2st"] <= 1 and 0 <= scores["coverage"] <= 1 and scores["fd"] >= 0
+    configured = read_manifest(entry)["params"]["sampler"]
+    assert metrics["c2st"] == metrics["realism"][configured]["c2st"], "the headline numbers are samples.png's"
+    assert "components" in metrics["gmm_fit"]
+
+
 def test_manifest_records_params_and_metrics(trained):
     _, entry, _ = trained
 
