@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import distributed
+from stages import distributed, judge
 from stages import metrics as m
 from stages.checkpoints import MODEL, ColorizerConfig, save_model
 from stages.colorizers import ChromaBins, GlobalUNet, LumaBaseline, classify_loss, color_from
@@ -183,6 +183,12 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     for key in ("psnr", "ssim", "color_auc", "colorfulness_ratio"):
         results[f"baseline_{key}"] = scored[baseline][key]
     results["psnr_margin"] = results["psnr"] - results["baseline_psnr"]
+    real = color_test[:judge.REAL_IMAGES]
+    if len(real) >= 2 * judge.NEIGHBOURS:  # can the judge tell colorized faces from their true colors?
+        colored_test = apply_colorizer(model, gray_test[:len(real)], params.exact_luma,
+                                       None if tags_test is None else tags_test[:len(real)])[0]
+        results["c2st"] = judge.realism(colored_test, real, seed=params.seed)["c2st"]
+        results["baseline_c2st"] = judge.realism(baseline_colors[baseline][:len(real)], real, seed=params.seed)["c2st"]
     if tags is not None:
         colorized = {"conditioned": apply_colorizer(model, gray_test, params.exact_luma, tags_test)[0],
                      "true_color": color_test,
@@ -202,5 +208,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
                            f"({baseline}), color AuC {results['color_auc']:.1f} against "
                            f"{results['baseline_color_auc']:.1f}, SSIM {results['ssim']:.3f}, luma MSE "
                            f"{results['luma_mse']:.5f}, colorfulness ratio {results['colorfulness_ratio']:.2f}, "
-                           f"{results['images_per_second']:.0f} img/s")
+                           + (f"C2ST {results['c2st']:.2f} against {results['baseline_c2st']:.2f}, "
+                              if "c2st" in results else "")
+                           + f"{results['images_per_second']:.0f} img/s")
     return results

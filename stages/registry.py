@@ -54,7 +54,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=6, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        name="colorize", version=7, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         distributed=True,
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),

@@ -90,6 +90,7 @@ def test_colorize_metrics_are_finite(trained):
     verdict = "beats" if metrics["psnr_margin"] > 0 else "does not beat"
     assert metrics["headline"].startswith(f"{verdict} the average-color baseline")
     assert metrics["baseline"] in ("mean image", "mean per luma")
+    assert 0 <= metrics["c2st"] <= 1 and 0 <= metrics["baseline_c2st"] <= 1, "the judge scored both"
     assert 0 <= metrics["luma_mse"] < 1 and metrics["colorfulness_ratio"] >= 0
     assert metrics["epochs"] == 4 and metrics["parameters"] > 0
     assert read_manifest(latest_entry(outputs, "colorize"))["metrics"] == metrics
