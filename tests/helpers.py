@@ -94,6 +94,19 @@ def interrupt_fit_after(fit, epochs: int):
     return interrupted
 
 
+def interrupted_once(function):
+    """A stand-in for `function` whose first call raises KeyboardInterrupt, as a user's ctrl-C would at that
+    point; later calls (the re-run) go through to `function`."""
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+    return interrupted
+
+
 def must_not_run(name: str):
     """A stand-in that fails the test when called: for code whose result should come from the cache."""
     def fail(*args, **kwargs):

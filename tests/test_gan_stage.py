@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 import stages.gan
-from helpers import (assert_one_clear_error_line, decoded_png, grid_size, latest_entry, metrics_of, succeeded,
-                     summary_lines)
+from helpers import (assert_one_clear_error_line, decoded_png, grid_size, interrupted_once, latest_entry, metrics_of,
+                     succeeded, summary_lines)
 from pipeline.cli import DEFAULT_STAGES
 from pipeline.runner import plan
 from stages import viz
@@ -66,16 +66,8 @@ def test_gan_is_opt_in_and_not_part_of_the_default_run():
 
 def test_interrupted_gan_resumes_from_its_checkpoint(prepared, copy_of, pipeline, outputs, monkeypatch):
     copy_of(prepared)
-    real_write_grids = stages.gan.write_grids
-    calls = []
-
-    def interrupted_once(*args, **kwargs):  # training is over; the user presses ctrl-C here
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return real_write_grids(*args, **kwargs)
-
-    monkeypatch.setattr(stages.gan, "write_grids", interrupted_once)
+    # training is over; the user presses ctrl-C while the grids are drawn
+    monkeypatch.setattr(stages.gan, "write_grids", interrupted_once(stages.gan.write_grids))
     first = pipeline("run", "--stages", "gan", *GAN)
     assert first.exit_code == 130, first.output
     [checkpoint] = (outputs / "gan" / ".resume").glob("*/checkpoint.pt")

@@ -20,7 +20,7 @@ import torch
 
 import stages.vae
 from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, interrupt_fit_after, latest_entry,
-                     metrics_of, must_not_run, read_manifest, succeeded)
+                     interrupted_once, metrics_of, must_not_run, read_manifest, succeeded)
 from pipeline.cache import Cache
 from stages import viz
 from stages.checkpoints import load_vae
@@ -247,16 +247,8 @@ def test_changed_latent_dim_is_a_miss_that_names_the_parameter(trained, copy_of,
 def test_interrupted_run_publishes_nothing_and_the_next_run_resumes(prepared, copy_of, pipeline, outputs,
                                                                      monkeypatch):
     copy_of(prepared)
-    real_evaluate = stages.vae.evaluate_model
-    calls = []
-
-    def interrupted_once(*args, **kwargs):  # called once training is over: the user presses ctrl-C here
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(stages.vae, "evaluate_model", interrupted_once)
+    # training is over; the user presses ctrl-C while the test split is evaluated
+    monkeypatch.setattr(stages.vae, "evaluate_model", interrupted_once(stages.vae.evaluate_model))
     first = pipeline("run", "--stages", "vae", *VAE)
 
     assert first.exit_code == 130, first.output
