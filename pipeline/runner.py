@@ -74,9 +74,15 @@ def plan(tokens: list[str]) -> list[StageSpec]:
 
 
 def make_key(spec: StageSpec, stage_params, upstream: dict[str, str]) -> Key:
+    """The stage's key. The torchrun world size is left out (N ranks train exactly what one process does),
+    except for a model with batch statistics, whose N ranks each normalise over their own rows."""
     fingerprint = _load(spec.fingerprint)(stage_params) if spec.fingerprint else ""
-    return Key(stage=spec.name, version=spec.version, params=params_mod.hashed_dict(stage_params),
-               upstream=upstream, fingerprint=fingerprint, label=spec.describe(stage_params))
+    params = params_mod.hashed_dict(stage_params)
+    world = distributed.world()
+    if world.size > 1 and spec.batch_statistics is not None and spec.batch_statistics(stage_params):
+        params["world_size"] = world.size
+    return Key(stage=spec.name, version=spec.version, params=params, upstream=upstream, fingerprint=fingerprint,
+               label=spec.describe(stage_params))
 
 
 def _versions() -> dict[str, str]:

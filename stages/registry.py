@@ -43,7 +43,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="vae", version=5, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
-        distributed=True,
+        distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
                  Figure("samples.png", "64 decodes of z ~ N(0, I)"),
                  Figure("interpolation.png", "each row: two test faces and 7 latent points between them"),
@@ -55,7 +55,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="colorize", version=7, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
-        distributed=True,
+        distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),
         skip_reason=_nothing_to_color,

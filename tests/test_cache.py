@@ -389,3 +389,19 @@ def test_second_command_waits_for_the_cache_lock_and_says_so(tmp_path):
     other.join(5)
     assert first_waits == []
     assert Path(root / ".lock").read_text() == ""  # released: no holder recorded
+
+
+def test_world_size_enters_the_key_only_for_models_that_normalise_over_the_batch(monkeypatch):
+    from stages import registry
+    from stages.params import VaeParams
+
+    def keys():
+        return {arch: runner.make_key(registry.stage("vae"), VaeParams(arch=arch), {"prepare": "p"}).entry
+                for arch in ("fc", "conv")}
+
+    alone = keys()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two_ranks = keys()
+
+    assert two_ranks["fc"] == alone["fc"], "two ranks train exactly what one process does: reuse it"
+    assert two_ranks["conv"] != alone["conv"], "BatchNorm over each rank's rows trains another model"
