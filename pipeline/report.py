@@ -61,7 +61,8 @@ def _matrix(name: str, rows: dict[str, dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         f"<tr><th>{html.escape(r)}</th>" + "".join(
-            f"<td class=num data-key='{html.escape(f'{name}.{r}.{c}')}'>{_format(row[c])}</td>" if c in row
+            f"<td class=num data-key='{html.escape(f'{name}.{r}.{c}')}' data-value='{html.escape(json.dumps(row[c]))}'>"
+            f"{_format(row[c])}</td>" if c in row
             else "<td></td>" for c in columns) + "</tr>" for r, row in rows.items())
     return f"<h3>{html.escape(name)}</h3><table class=matrix><tr><th></th>{head}</tr>{body}</table>"
 

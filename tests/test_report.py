@@ -198,6 +198,9 @@ def test_every_metric_cell_equals_the_value_recorded_in_its_entry(report):
         assert set(shown) == set(scalar_metrics(recorded)), f"{section}: every scalar metric, nothing else"
         for key, value in shown.items():
             assert equal_values(value, recorded[key]), f"{section}.{key}: page {value!r}, file {recorded[key]!r}"
+        for _, table, key, value in (cell for cell in page.cells if cell[0] == section and cell[1] == "matrix"):
+            name, row, column = key.split(".")  # a nested table, e.g. realism.prior.c2st
+            assert equal_values(json.loads(value), recorded[name][row][column]), f"{section}.{key}"
 
 
 def test_metrics_json_and_manifest_agree_where_a_stage_writes_both(report):
