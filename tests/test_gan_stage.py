@@ -10,6 +10,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import stages.gan
@@ -117,6 +118,7 @@ def test_colorizer_alone_pulls_in_no_gan_but_with_gan_it_colors_the_gan_samples_
     assert "gan_color" in {spec.name for spec in plan(["gan", "colorize"])}
 
 
+@pytest.mark.slow
 def test_vae_gan_colorize_run_colors_both_and_puts_them_side_by_side_on_the_page(prepared, copy_of, pipeline,
                                                                                  outputs):
     copy_of(prepared)

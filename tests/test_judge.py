@@ -10,6 +10,8 @@ from stages.faces import generate_face
 from stages.judge import realism
 from stages.sources import resize_square
 
+pytestmark = pytest.mark.slow  # N >= 500 faces per sanity check: seconds each
+
 N = 500
 
 
