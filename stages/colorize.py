@@ -184,7 +184,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
         results[f"baseline_{key}"] = scored[baseline][key]
     results["psnr_margin"] = results["psnr"] - results["baseline_psnr"]
     real = color_test[:judge.REAL_IMAGES]
-    if len(real) >= 2 * judge.NEIGHBOURS:  # can the judge tell colorized faces from their true colors?
+    if len(real) >= judge.MIN_IMAGES:  # can the judge tell colorized faces from their true colors?
         colored_test = apply_colorizer(model, gray_test[:len(real)], params.exact_luma,
                                        None if tags_test is None else tags_test[:len(real)])[0]
         results["c2st"] = judge.realism(colored_test, real, seed=params.seed)["c2st"]

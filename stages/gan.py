@@ -149,7 +149,7 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                "discriminator_parameters": sum(p.numel() for p in discriminator.parameters()),
                "final_d_real": history.d_real[-1], "final_d_fake": history.d_fake[-1]}
     real = images[test_index][:judge.REAL_IMAGES]
-    if len(real) >= 2 * judge.NEIGHBOURS:
+    if len(real) >= judge.MIN_IMAGES:
         realism = judged(generator, params.noise_dim, classes, real, params.seed)
         results.update(c2st=realism["c2st"], c2st_std=realism["c2st_std"], density=realism["density"],
                        coverage=realism["coverage"], fd=realism["fd"])

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 NEIGHBOURS = 5  # k of Naeem et al. 2020
+MIN_IMAGES = 2 * NEIGHBOURS  # fewer images per side than this and the k-nearest-neighbour balls mean nothing
 REAL_IMAGES = 1000  # real test images (at most) every generator is judged against: the first ones of the split
 EMBED_GRID = 4  # the embedding averages its feature maps over an EMBED_GRID x EMBED_GRID grid
 CLASSIFIER_STEPS = 150
@@ -47,8 +48,8 @@ def realism(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> dict[
     if generated.shape[1:] != real.shape[1:]:
         raise ValueError(f"generated images are {tuple(generated.shape[1:])}, real ones {tuple(real.shape[1:])}")
     n = min(len(generated), len(real))
-    if n < 2 * NEIGHBOURS:
-        raise ValueError(f"the judge needs at least {2 * NEIGHBOURS} images per side, got {n}")
+    if n < MIN_IMAGES:
+        raise ValueError(f"the judge needs at least {MIN_IMAGES} images per side, got {n}")
     generated, real = generated[:n].detach().float().cpu(), real[:n].detach().float().cpu()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)

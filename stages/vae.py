@@ -176,7 +176,7 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                 results["kl_per_dim"], params, out_dir)
     excess = f" (+{results['neg_elbo_excess']:.1f} over the entropy floor)" if "neg_elbo_excess" in results else ""
     realism = ""
-    if len(test) >= 2 * judge.NEIGHBOURS:
+    if len(test) >= judge.MIN_IMAGES:
         results["realism"] = score_samplers(model, codes, test, params.seed)
         chosen = results["realism"][params.sampler]
         results.update(c2st=chosen["c2st"], coverage=chosen["coverage"], density=chosen["density"],
