@@ -45,7 +45,8 @@ STAGES: tuple[StageSpec, ...] = (
         name="vae", version=5, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
         distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
-                 Figure("samples.png", "64 decodes of z from vae.sampler (gmm: a mixture fitted to the training codes; prior: N(0, I))"),
+                 Figure("samples.png", "64 decodes of z from vae.sampler (gmm: a mixture fitted to the training "
+                                       "codes; prior: N(0, I))"),
                  Figure("interpolation.png", "each row: two test faces and 7 latent points between them"),
                  Figure("traversal.png", "each row: one latent dimension from -3 to 3 (ordered by KL)"),
                  Figure("manifold.png", "the 2-D latent space, 15x15 grid"),
