@@ -11,7 +11,8 @@ Seconds are training time on this machine under whatever else runs: compare them
 
     pipeline prepare --source /work/shared/data/anime-faces/faces --count all \\
         --labels /work/shared/data/anime-faces/tags.csv --outputs /tmp/faces12k
-    OMP_NUM_THREADS=1 python bench/compare_generators.py --outputs /tmp/faces12k --gan-epochs 15 --conditional hair
+    OMP_NUM_THREADS=1 python bench/compare_generators.py --outputs /tmp/faces12k --gan-epochs 15 --conditional hair \\
+        --set colorize.epochs=1
     # MNIST, once train-images-idx3-ubyte is on disk:
     pipeline prepare --source train-images-idx3-ubyte --size 28 --count all --outputs /tmp/mnist
     OMP_NUM_THREADS=1 python bench/compare_generators.py --outputs /tmp/mnist --gan-epochs 15
