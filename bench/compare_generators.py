@@ -65,7 +65,7 @@ def main() -> None:
     rows = [row("VAE", latest(args.outputs, "vae")), row("GAN", latest(args.outputs, "gan"))]
     if args.conditional:
         pipeline_run(args.outputs, "--stages", "gan", *gan, "--set", f"gan.conditional={args.conditional}")
-        rows.append(row(f"GAN | {args.conditional}", latest(args.outputs, "gan")))
+        rows.append(row(f"GAN conditional on {args.conditional}", latest(args.outputs, "gan")))
     pipeline_run(args.outputs, "--stages", "vae,gan,colorize", *gan)
     print("| model | " + " | ".join(COLUMNS) + " | entry |")
     print("|---|" + "---|" * (len(COLUMNS) + 1))
