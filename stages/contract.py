@@ -65,9 +65,9 @@ class StageSpec:
     fingerprint: str = ""  # fingerprint(params) -> str over files read from outside the cache, if any
     skip_reason: Callable[[dict], str] | None = None  # all stage params -> why this stage has nothing to do, or ""
     edit: str = ""  # edit(picture, inputs, edits, output, device): `pipeline edit` with this stage's entry
-    distributed: bool = False  # under torchrun every rank runs it (it trains through stages.training.fit)
-    # params -> True when its model normalises over the batch (BatchNorm): N ranks then train a different model
-    # than one process, so the world size enters the cache key
+    distributed: bool = False  # under torchrun every rank runs it (it trains in DDP: stages.training.fit, ...)
+    # params -> True when its model normalises over the batch (BatchNorm) or draws per-row randomness of its own
+    # (dropout): N ranks then train a different model than one process, so the world size enters the cache key
     batch_statistics: Callable[[object], bool] | None = None
 
 

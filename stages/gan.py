@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import judge
+from stages import distributed, judge
 from stages.checkpoints import MODEL, GanConfig, save_model
 from stages.contract import StageContext, StageError
 from stages.gan_training import GanJob, train_gan
@@ -135,6 +135,8 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
     job = GanJob(generator, discriminator, images[train_index] * 2 - 1, labels, params.noise_dim, params.epochs,
                  params.batch_size, params.lr, params.seed)
     history = train_gan(job, context, device)
+    if not distributed.world().main:
+        return {}  # rank 0 evaluates, draws and saves: the same networks are on every rank
 
     save_model(out_dir / MODEL, generator, config, discriminator=discriminator)
     (out_dir / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
@@ -147,7 +149,8 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                "images_per_second": round(history.images / max(history.seconds, 1e-9), 1),
                "parameters": sum(p.numel() for p in generator.parameters()),
                "discriminator_parameters": sum(p.numel() for p in discriminator.parameters()),
-               "final_d_real": history.d_real[-1], "final_d_fake": history.d_fake[-1]}
+               "final_d_real": history.d_real[-1], "final_d_fake": history.d_fake[-1],
+               "world_size": history.world_size, "global_batch": history.global_batch}
     real = images[test_index][:judge.REAL_IMAGES]
     if len(real) >= judge.MIN_IMAGES:
         realism = judged(generator, params.noise_dim, classes, real, params.seed)

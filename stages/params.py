@@ -97,7 +97,7 @@ class GanParams:
                        min=1, max=256)
     channels: int = param(1, "1 = train on gray; 3 = train on color directly", choices=(1, 3))
     epochs: int = param(200, "passes over the training split", min=1)
-    batch_size: int = param(64, "real images per discriminator step", min=1)
+    batch_size: int = param(64, "real images per discriminator step, over all torchrun processes", min=1)
     lr: float = param(2e-4, "Adam learning rate of both networks (β1 = 0.5)", min=0.0)
     spectral_norm: bool = param(True, "spectral normalisation of the discriminator's layers (stabiliser)")
     conditional: str = param("", "tag column of labels.csv to condition on (a CGAN: one samples row per value); "

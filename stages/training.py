@@ -149,15 +149,23 @@ def load_checkpoint(path: Path, device: torch.device, echo: Callable[[str], None
         return None
 
 
+def across_ranks(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` itself in a world of one; under torchrun, `model` wrapped in DistributedDataParallel (gradients
+    averaged over the ranks, buffers sent from rank 0 at each forward), its BatchNorm synchronised on CUDA."""
+    if distributed.world().size == 1:
+        return model
+    if device.type == "cuda":
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: batch statistics over all ranks' rows
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None)
+
+
 def fit(job: Job, context: StageContext, device: torch.device) -> History:
     """Train `job.model` in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists.
     Under torchrun every rank calls this; only rank 0's History holds the evaluations."""
     here = distributed.world()
     model, count = job.model, job.train_data[0].shape[0]
-    if here.size > 1 and device.type == "cuda":
-        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: batch statistics over all ranks' rows
-    trained = model if here.size == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = across_ranks(model, device)
     steps_per_epoch = math.ceil(count / job.batch_size)
     optimizer = make_optimizer(model, job.lr)
     schedule = one_cycle(optimizer, job.lr, job.epochs * steps_per_epoch, job.warmup)
@@ -204,7 +212,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 schedule.step()
                 for name, value in {"loss": loss.item(), **stats}.items():
                     sums[name] = sums.get(name, 0.0) + value * share * len(index)
-            sums = _summed_over_ranks(sums, here, device)
+            sums = summed_over_ranks(sums, here, device)
             history.seconds += time.perf_counter() - started
             history.images += count
             if not here.main:
@@ -238,7 +246,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     return history
 
 
-def _summed_over_ranks(sums: dict[str, float], here: distributed.World, device: torch.device) -> dict[str, float]:
+def summed_over_ranks(sums: dict[str, float], here: distributed.World, device: torch.device) -> dict[str, float]:
     """An epoch's per-rank sums of the batch statistics, added up over the ranks (every rank gets the total)."""
     if here.size == 1:
         return sums

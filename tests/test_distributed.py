@@ -5,6 +5,7 @@ Equivalence is asserted on models without BatchNorm (the reference FC VAE and St
 each rank's rows by that rank's statistics, so a BatchNorm model is the same only with SyncBatchNorm (CUDA)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -168,3 +169,89 @@ def test_a_killed_rank_ends_the_job_without_publishing_and_the_rerun_resumes(pre
     rerun = finished(torchrun(outputs, *long_run))
     assert "resuming from epoch" in rerun
     assert (outputs / "vae" / "latest" / "model.pt").is_file()
+
+
+# ----- the gan stage: two networks, each in DDP --------------------------------------------------------------------
+
+GAN = ("--stages", "gan", "--set", "gan.epochs=1", "--set", "gan.width=4", "--set", "gan.batch_size=32")
+
+
+class TinyGenerator(torch.nn.Module):
+    """A conditional linear generator without BatchNorm, for which N ranks must train what one process does."""
+
+    def __init__(self, noise_dim: int = 5, classes: int = 3):
+        super().__init__()
+        self.classes = classes
+        self.net = torch.nn.Sequential(torch.nn.Linear(noise_dim + classes, 16), torch.nn.Tanh())
+
+    def forward(self, z, labels):
+        one_hot = torch.nn.functional.one_hot(labels, self.classes).float()
+        return self.net(torch.cat([z, one_hot], 1)).view(-1, 1, 4, 4)
+
+
+class TinyDiscriminator(torch.nn.Module):
+    """With spectral norm, whose power-iteration buffers every rank must keep alike."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.classes = classes
+        self.net = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(16 + classes, 1))
+
+    def forward(self, x, labels):
+        one_hot = torch.nn.functional.one_hot(labels, self.classes).float()
+        return self.net(torch.cat([x.flatten(1), one_hot], 1)).squeeze(1)
+
+
+def tiny_gan_weights(resume_dir: Path) -> dict[str, torch.Tensor]:
+    """Two epochs of the gan loop on 23 images in global batches of 7 (rows split 3/4, and 1/1 at the end)."""
+    from stages.gan_training import GanJob, train_gan
+    from test_gan_training import QuietContext
+
+    torch.manual_seed(0)
+    generator, discriminator = TinyGenerator(), TinyDiscriminator()
+    real = torch.rand(23, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    job = GanJob(generator, discriminator, real, torch.arange(23) % 3, noise_dim=5, epochs=2, batch_size=7,
+                 lr=1e-2, seed=0)
+    history = train_gan(job, QuietContext(resume_dir), torch.device("cpu"))
+    return {**{f"g.{k}": v for k, v in generator.state_dict().items()},
+            **{f"d.{k}": v for k, v in discriminator.state_dict().items()},
+            "g_loss": torch.tensor(history.g_loss), "d_real": torch.tensor(history.d_real)}
+
+
+def tiny_gan_rank(rank: int, port: int, folder: Path) -> None:
+    """One of two gloo ranks (torch.multiprocessing.spawn's entry point): rank r writes its weights to r.pt."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    (folder / str(rank)).mkdir()
+    torch.save(tiny_gan_weights(folder / str(rank)), folder / f"{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_train_the_gan_one_process_trains(tmp_path):
+    one = tiny_gan_weights(tmp_path)
+
+    torch.multiprocessing.spawn(tiny_gan_rank, args=(free_port(), tmp_path), nprocs=2)
+
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert one.keys() == two.keys()
+        for name in one:
+            assert (one[name] - two[name]).norm() <= 1e-5 * one[name].norm(), (rank, name)
+    assert not list((tmp_path / "1").iterdir()), "only rank 0 writes resume checkpoints"
+
+
+def test_two_ranks_run_the_gan_stage_and_rank_0_publishes_one_entry(prepared, tmp_path):
+    outputs = copy_of(prepared, tmp_path / "outputs")
+
+    finished(torchrun(outputs, *GAN))
+
+    entries = [p for p in (outputs / "gan").iterdir() if not p.name.startswith(".") and p.name != "latest"]
+    assert len(entries) == 1
+    metrics = json.loads((entries[0] / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["global_batch"]) == (2, 32)
+    assert json.loads((entries[0] / "manifest.json").read_text())["key_params"]["world_size"] == 2, \
+        "BatchNorm in G: N ranks train another model than one process, so the world size is in the key"
+    assert {"model.pt", "samples.png", "interpolation.png", "loss.png", "history.json"} <= {
+        p.name for p in entries[0].iterdir()}

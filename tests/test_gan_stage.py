@@ -15,11 +15,12 @@ import torch
 
 import stages.gan
 from helpers import (assert_one_clear_error_line, decoded_png, grid_size, interrupted_once, latest_entry, metrics_of,
-                     succeeded, summary_lines)
+                     succeeded, summary_lines, write_idx)
 from pipeline.cli import DEFAULT_STAGES
 from pipeline.runner import plan
 from stages import viz
 from stages.checkpoints import load_generator
+from test_sizes_and_colour import strokes
 
 IMAGE_SIDE = 30
 PREPARE = ("prepare", "--count", "48", "--test-fraction", "0.4")
@@ -148,3 +149,18 @@ def test_status_of_an_opt_in_stage_says_it_would_run(prepared, copy_of, pipeline
 
     assert not re.search(r"^gan\b", default.output, re.MULTILINE)
     assert re.search(r"^gan\s+dcgan-w4-e3-\S+\s+would run", asked.output, re.MULTILINE), asked.output
+
+
+def test_gan_trains_on_digits_prepared_from_an_idx_file(tmp_path, pipeline, outputs):
+    """The MNIST path: `prepare` from an IDX file at 28x28 feeds the gan stage, which the judge scores."""
+    write_idx(tmp_path / "train-images-idx3-ubyte", strokes(40))
+    succeeded(pipeline("prepare", "--source", str(tmp_path / "train-images-idx3-ubyte"), "--size", "28",
+                       "--count", "all", "--no-dedupe", "--test-fraction", "0.4"))
+
+    succeeded(pipeline("run", "--stages", "gan", *GAN))
+
+    entry = latest_entry(outputs, "gan")
+    assert np.load(entry / "samples.npy").shape == (64, 1, 28, 28)
+    assert decoded_png(entry / "samples.png").size == grid_size(8, 8, 28, viz._TARGET_CELL)
+    metrics = metrics_of(entry)
+    assert 0.0 <= metrics["c2st"] <= 1.0 and 0.0 <= metrics["coverage"] <= 1.0, "judged against 16 test digits"
