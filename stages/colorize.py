@@ -104,17 +104,21 @@ def tag_accuracy(color_train: torch.Tensor, tags_train: torch.Tensor, tags_test:
 
 
 def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None):
-    """(model, noisy gray, clean gray, true color[, tags]) -> (loss, its parts) for this colorizer and loss."""
+    """(model, noisy gray, clean gray, true color[, tags]) -> (loss, its parts) for this colorizer and loss.
+
+    The objective is handed the model the training loop trains: under torchrun a DistributedDataParallel
+    wrapper, which only forwards calls. So the network is called, never `features`; the parameter-free readouts
+    (`chroma`, `bins`) are those of `model`, the module it wraps."""
     if params.loss == "classify":
-        def objective(model, noisy, gray, target, *tags):
-            loss = classify_loss(model.features(noisy, *tags), target, model.bins, class_weights)
+        def objective(trained, noisy, gray, target, *tags):
+            loss = classify_loss(trained(noisy, *tags, raw=True), target, model.bins, class_weights)
             return loss, {"cross_entropy": loss.item()}
     elif isinstance(model, GlobalUNet):  # chroma read from the noisy gray, added to the clean one
-        def objective(model, noisy, gray, target, *tags):
-            return colorize_loss(color_from(gray, model.chroma(model.features(noisy, *tags))), target, gray, params)
+        def objective(trained, noisy, gray, target, *tags):
+            return colorize_loss(color_from(gray, model.chroma(trained(noisy, *tags, raw=True))), target, gray, params)
     else:
-        def objective(model, noisy, gray, target):
-            return colorize_loss(model(noisy), target, gray, params)
+        def objective(trained, noisy, gray, target):
+            return colorize_loss(trained(noisy), target, gray, params)
     return objective
 
 

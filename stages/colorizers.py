@@ -172,8 +172,12 @@ class GlobalUNet(nn.Module):
         """The head's output -> (B, 2, S, S) chroma."""
         return self.bins.readout(features) if self.bins is not None else 0.5 * torch.tanh(features)
 
-    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        return color_from(gray, self.chroma(self.features(gray, condition)))
+    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None, raw: bool = False) -> torch.Tensor:
+        """Color of the gray input; `raw=True`: the head's output (`features`) instead. The training objective
+        asks for the raw output through the call, not through `features`, so that under torchrun the call goes
+        through DistributedDataParallel's forward, which its gradient averaging needs."""
+        features = self.features(gray, condition)
+        return features if raw else color_from(gray, self.chroma(features))
 
 
 def classify_loss(logits: torch.Tensor, target: torch.Tensor, bins: ChromaBins, weights: torch.Tensor):
