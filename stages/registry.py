@@ -105,6 +105,12 @@ COMPARISONS: tuple[Comparison, ...] = (
         stacked=(Figure("interpolation.png", "interpolations: each row a straight line in latent space"),),
         metrics=("c2st", "coverage", "density", "fd", "test_neg_elbo", "diversity", "train_seconds", "parameters"),
     ),
+    Comparison(  # the reference's StackNN against the U-Net, each loss, and the average color they must beat
+        title="Colorizers", columns=(("colorize",),), variants=("arch", "loss"),
+        side_by_side=(Figure("test_colorized.png", "test faces: gray | colorized | true color"),), stacked=(),
+        metrics=("psnr", "baseline_psnr", "psnr_margin", "ssim", "color_auc", "baseline_color_auc", "c2st",
+                 "baseline_c2st", "colorfulness_ratio", "luma_mse", "train_seconds", "parameters"),
+    ),
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
