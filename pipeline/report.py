@@ -108,20 +108,43 @@ def _stage_section(cache: Cache, spec: StageSpec, outcome) -> str:
     return "\n".join(parts)
 
 
-def _comparison_section(cache: Cache, comparison: Comparison) -> str:
-    """The models' latest entries side by side, if every one exists and all read the same prepared set."""
-    models = []  # per column: (name, [(folder relative to root, manifest)] of the model and its colorers)
+def _stage_columns(cache: Cache, comparison: Comparison) -> list:
+    """Per column: (name, [(folder relative to root, manifest)] of the model and its colorers), or [] if one
+    is missing."""
+    models = []
     for stages in comparison.columns:
         model = cache.latest(stages[0])
         if model is None:
-            return ""
+            return []
         entries = [(f"{stages[0]}/{model.entry}", model)]
         for extra in stages[1:]:
             latest = cache.latest(extra)
             if latest is not None and latest.upstream.get(stages[0]) == model.entry:
                 entries.append((f"{extra}/{latest.entry}", latest))
         models.append((stages[0], entries))
-    if len({entries[0][1].upstream.get(registry.SOURCE_STAGE) for _, entries in models}) != 1:
+    return models
+
+
+def _variant_columns(cache: Cache, comparison: Comparison) -> list:
+    """One column per combination of the `variants` parameters' values: the newest entry of the stage with it
+    that read the prepared set its latest entry read, named by those values (`conv classify`)."""
+    stage = comparison.columns[0][0]
+    latest = cache.latest(stage)
+    if latest is None:
+        return []
+    source = latest.upstream.get(registry.SOURCE_STAGE)
+    models = {}
+    for manifest in cache.entries(stage):  # newest first
+        name = " ".join(str(manifest.params.get(p)) for p in comparison.variants)
+        if manifest.upstream.get(registry.SOURCE_STAGE) == source and name not in models:
+            models[name] = [(f"{stage}/{manifest.entry}", manifest)]
+    return list(models.items()) if len(models) > 1 else []
+
+
+def _comparison_section(cache: Cache, comparison: Comparison) -> str:
+    """The models' latest entries side by side, if every one exists and all read the same prepared set."""
+    models = (_variant_columns if comparison.variants else _stage_columns)(cache, comparison)
+    if not models or len({entries[0][1].upstream.get(registry.SOURCE_STAGE) for _, entries in models}) != 1:
         return ""
 
     def image(name: str, entries, figure: Figure) -> str:
@@ -132,7 +155,7 @@ def _comparison_section(cache: Cache, comparison: Comparison) -> str:
                         f"{html.escape(figure.caption)}</figcaption></figure>")
         return ""
 
-    slug = "-".join(name for name, _ in models)
+    slug = "-".join(name.replace(" ", "_") for name, _ in models)
     parts = [f"<h2 id=compare-{slug}>{html.escape(comparison.title)}</h2>"]
     for figure in comparison.side_by_side:
         parts.append("<div class=grid>" + "".join(image(name, entries, figure) for name, entries in models) + "</div>")

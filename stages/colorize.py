@@ -7,7 +7,10 @@ Loss = MSE(color, target) + λ_luma · MSE(luma(color), gray) + λ_colorful · (
 where C is an image's Hasler–Süsstrunk colorfulness (stages.metrics, on the [0,1] scale). The last term is ours:
 plain MSE on an ambiguous hue pays least by predicting the average hue, a washed-out sepia; asking each image to
 be as colorful as its true color lets the network spend color where it is surest. StackNN trains at batch 64:
-at batch 128 it learned nothing in the default epochs. docs/decisions.md has the measurements behind both.
+at batch 128 it learned nothing in the default epochs. By default (colorize.residual) StackNN adds to the
+average color of each position and gray level rather than painting the whole color: its 90 M parameters get
+about 60 optimiser steps in a default run, too few to rediscover that average. docs/decisions.md has the
+measurements behind all three.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import torch
 from stages import distributed, judge
 from stages import metrics as m
 from stages.checkpoints import MODEL, ColorizerConfig, save_model
-from stages.colorizers import ChromaBins, GlobalUNet, LumaBaseline, classify_loss, color_from
+from stages.colorizers import (AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, classify_loss,
+                               color_from)
 from stages.contract import StageContext, StageError
 from stages.luma import exact_luma, luma_of
 from stages.models import StackNN, apply_colorizer
@@ -104,17 +108,24 @@ def tag_accuracy(color_train: torch.Tensor, tags_train: torch.Tensor, tags_test:
 
 
 def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None):
-    """(model, noisy gray, clean gray, true color[, tags]) -> (loss, its parts) for this colorizer and loss."""
+    """(model, noisy gray, clean gray, true color[, tags]) -> (loss, its parts) for this colorizer and loss.
+
+    The objective is handed the model the training loop trains: under torchrun a DistributedDataParallel
+    wrapper, which only forwards calls. So the network is called, never `features`; the parameter-free readouts
+    (`chroma`, `bins`) are those of `model`, the module it wraps."""
     if params.loss == "classify":
-        def objective(model, noisy, gray, target, *tags):
-            loss = classify_loss(model.features(noisy, *tags), target, model.bins, class_weights)
+        def objective(trained, noisy, gray, target, *tags):
+            loss = classify_loss(trained(noisy, *tags, raw=True), target, model.bins, class_weights)
             return loss, {"cross_entropy": loss.item()}
     elif isinstance(model, GlobalUNet):  # chroma read from the noisy gray, added to the clean one
-        def objective(model, noisy, gray, target, *tags):
-            return colorize_loss(color_from(gray, model.chroma(model.features(noisy, *tags))), target, gray, params)
+        def objective(trained, noisy, gray, target, *tags):
+            return colorize_loss(color_from(gray, model.chroma(trained(noisy, *tags, raw=True))), target, gray, params)
+    elif isinstance(model, AverageColorResidual):  # the average color of the clean gray, the net reads the noisy
+        def objective(trained, noisy, gray, target):
+            return colorize_loss(trained(noisy, gray), target, gray, params)
     else:
-        def objective(model, noisy, gray, target):
-            return colorize_loss(model(noisy), target, gray, params)
+        def objective(trained, noisy, gray, target):
+            return colorize_loss(trained(noisy), target, gray, params)
     return objective
 
 
@@ -122,7 +133,9 @@ def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, ...],
                  class_weights: torch.Tensor | None = None) -> Job:
     """How the stage trains a colorizer on (gray, color[, tag index]) tensors; bench/train_colorize.py times
     exactly this. `class_weights` are the chroma classes' rebalancing weights of the `classify` loss."""
-    if isinstance(model, StackNN):
+    if isinstance(model, AverageColorResidual):
+        model.start_at(train[0], train[1])
+    elif isinstance(model, StackNN):
         model.start_at(train[1].mean(0))
     objective = _objective(model, params, class_weights)
 
@@ -162,7 +175,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     bins, class_weights = ChromaBins.fit(color_train) if params.loss == "classify" else (None, None)
     config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma,
                              classes=len(bins.centers) if bins is not None else 0, condition=params.condition,
-                             condition_values=values)
+                             condition_values=values, residual=params.arch == "stacknn" and params.residual)
     model = config.build().to(device)
     if bins is not None:
         model.bins.load_state_dict(bins.state_dict())

@@ -41,25 +41,58 @@ def color_from(gray: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
 class LumaBaseline(nn.Module):
     """The colorizer that ignores everything but each pixel's own gray level: the mean training chroma of pixels
     of that luma (LUMA_BINS bins), added to the gray input. Skin-bright pixels get skin color, dark ones hair or
-    outline color, whatever their position or the rest of the face."""
+    outline color, whatever their position or the rest of the face.
 
-    def __init__(self, bins: int = LUMA_BINS):
+    Given the image `size`, it also knows where a pixel is: each position's mean training chroma, plus the mean
+    of what remains per gray level. That is the average color StackNN learns the difference from."""
+
+    def __init__(self, bins: int = LUMA_BINS, size: int = 0):
         super().__init__()
         self.register_buffer("chroma", torch.zeros(bins, 2))
+        self.register_buffer("position", torch.zeros(2, size, size) if size else None)
 
     @torch.no_grad()
     def fit(self, gray: torch.Tensor, color: torch.Tensor) -> LumaBaseline:
         bins = len(self.chroma)
         index = _luma_bin(gray, bins).flatten()
-        chroma = chroma_of(color).permute(1, 0, 2, 3).flatten(1)  # (2, N*H*W)
+        chroma = chroma_of(color)  # (N, 2, H, W)
+        if self.position is not None:
+            self.position.copy_(chroma.mean(0))
+            chroma = chroma - self.position
+        chroma = chroma.permute(1, 0, 2, 3).flatten(1)  # (2, N*H*W)
         counts = torch.bincount(index, minlength=bins).clamp(min=1).to(chroma.dtype)
         for channel in range(2):
             self.chroma[:, channel] = torch.bincount(index, chroma[channel], minlength=bins) / counts
         return self
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        chroma = self.chroma[_luma_bin(gray, len(self.chroma))]  # (B, 1, H, W, 2)
-        return color_from(gray, chroma[:, 0].permute(0, 3, 1, 2))
+        chroma = self.chroma[_luma_bin(gray, len(self.chroma))][:, 0].permute(0, 3, 1, 2)  # (B, 2, H, W)
+        return color_from(gray, chroma if self.position is None else chroma + self.position)
+
+
+class AverageColorResidual(nn.Module):
+    """A colorizer network that learns only what the average color does not know: its output is the average
+    color of each position and gray level (`LumaBaseline` with position, fitted once on the training split and
+    then fixed) plus the network's output - 0.5, so a sigmoid network at 0.5 paints exactly that average.
+
+    Color from gray is ambiguous, so the average is a strong start (the baselines the stage reports are two
+    halves of it); the network is unchanged and spends its few optimiser steps on the rest."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net = net
+        self.prior = LumaBaseline(size=size)
+
+    @torch.no_grad()
+    def start_at(self, gray: torch.Tensor, color: torch.Tensor) -> None:
+        """Fit the average color to training (N, 1, S, S) gray and (N, 3, S, S) color; the net starts at 0.5."""
+        self.prior.fit(gray, color)
+        self.net.start_at(torch.full_like(color[0], 0.5))
+
+    def forward(self, gray: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
+        """`clean`: the gray to look the average color up in when `gray` is a noisy copy (training), so the
+        network learns the difference from the average it will be added to at test time."""
+        return self.prior(gray if clean is None else clean) + self.net(gray) - 0.5
 
 
 def _luma_bin(gray: torch.Tensor, bins: int) -> torch.Tensor:
@@ -172,8 +205,12 @@ class GlobalUNet(nn.Module):
         """The head's output -> (B, 2, S, S) chroma."""
         return self.bins.readout(features) if self.bins is not None else 0.5 * torch.tanh(features)
 
-    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        return color_from(gray, self.chroma(self.features(gray, condition)))
+    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None, raw: bool = False) -> torch.Tensor:
+        """Color of the gray input; `raw=True`: the head's output (`features`) instead. The training objective
+        asks for the raw output through the call, not through `features`, so that under torchrun the call goes
+        through DistributedDataParallel's forward, which its gradient averaging needs."""
+        features = self.features(gray, condition)
+        return features if raw else color_from(gray, self.chroma(features))
 
 
 def classify_loss(logits: torch.Tensor, target: torch.Tensor, bins: ChromaBins, weights: torch.Tensor):

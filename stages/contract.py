@@ -77,6 +77,7 @@ class Comparison:
 
     Each column is one model: its stage first, then stages whose entries add files to it (its colorer); a file is
     taken from the first of them that has it, and a colorer's entry only if it was made from that model's entry.
+    With `variants`, the columns are instead cached entries of one stage that differ in those parameters.
     """
 
     title: str
@@ -84,6 +85,9 @@ class Comparison:
     side_by_side: tuple[Figure, ...]  # one row per figure, the models next to each other
     stacked: tuple[Figure, ...]  # the models one above the other (wide grids)
     metrics: tuple[str, ...]  # table rows, a column per model; a row no model has is left out
+    # parameters of the one stage in `columns`: then a column per combination of their values, each the newest
+    # entry with it that read the same prepared set as the stage's latest (e.g. colorize's arch and loss)
+    variants: tuple[str, ...] = ()
 
 
 def write_figures(out_dir: Path, figures: list[Figure]) -> None:

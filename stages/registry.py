@@ -55,7 +55,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=7, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        name="colorize", version=8, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),
@@ -105,6 +105,12 @@ COMPARISONS: tuple[Comparison, ...] = (
         side_by_side=(Figure("samples.png", "samples"), Figure("samples_color.png", "samples, colorized")),
         stacked=(Figure("interpolation.png", "interpolations: each row a straight line in latent space"),),
         metrics=("c2st", "coverage", "density", "fd", "test_neg_elbo", "diversity", "train_seconds", "parameters"),
+    ),
+    Comparison(  # the reference's StackNN against the U-Net, each loss, and the average color they must beat
+        title="Colorizers", columns=(("colorize",),), variants=("arch", "loss"),
+        side_by_side=(Figure("test_colorized.png", "test faces: gray | colorized | true color"),), stacked=(),
+        metrics=("psnr", "baseline_psnr", "psnr_margin", "ssim", "color_auc", "baseline_color_auc", "c2st",
+                 "baseline_c2st", "colorfulness_ratio", "luma_mse", "train_seconds", "parameters"),
     ),
 )
 

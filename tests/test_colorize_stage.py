@@ -33,7 +33,8 @@ VAE = ("--set", "vae.arch=fc", "--set", "vae.latent_dim=3", "--set", "vae.epochs
        "--set", "vae.lr=3e-3", "--set", "vae.seed=0")
 COLORIZE = ("--set", "colorize.arch=stacknn", "--set", "colorize.epochs=4", "--set", "colorize.batch_size=16",
             "--set", "colorize.lr=1e-3", "--set", "colorize.noise_std=0.05", "--set", "colorize.luma_weight=1",
-            "--set", "colorize.colorfulness_weight=0.25", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0")
+            "--set", "colorize.colorfulness_weight=0.25", "--set", "colorize.exact_luma=false", "--set", "colorize.seed=0",
+            "--set", "colorize.residual=false")  # the seed's network alone, from its own start: the luma tie at work
 ONE_EPOCH = ("--set", "colorize.epochs=1")
 BT601 = (0.299, 0.587, 0.114)  # written out here, independently of stages.luma
 

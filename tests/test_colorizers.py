@@ -7,7 +7,9 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
-from stages.colorizers import (ChromaBins, GlobalUNet, LumaBaseline, chroma_of, classify_loss, color_from)
+from stages.colorizers import (AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, chroma_of, classify_loss,
+                               color_from)
+from stages.models import StackNN
 from stages.metrics import color_error_auc
 
 BT601 = (0.299, 0.587, 0.114)
@@ -67,6 +69,31 @@ def test_luma_baseline_paints_the_mean_training_chroma_of_each_gray_level():
 
     assert torch.allclose(output[0], dark[:, None, None].expand(3, SIDE, SIDE), atol=2e-3), "the two tints average"
     assert torch.allclose(output[1], bright[:, None, None].expand(3, SIDE, SIDE), atol=1e-5)
+
+
+def test_average_color_with_position_adds_each_positions_mean_chroma_to_the_per_luma_one():
+    gray = torch.full((4, 1, SIDE, SIDE), 0.5)
+    left = torch.tensor([0.15, -0.10])[:, None, None]  # chroma of the left half; the right half is its opposite
+    halves = torch.cat([left.expand(2, SIDE, SIDE // 2), -left.expand(2, SIDE, SIDE // 2)], 2)
+    train = color_from(gray, halves.expand(4, -1, -1, -1))
+
+    by_position = LumaBaseline(size=SIDE).fit(gray, train)(gray[:1])
+    by_luma = LumaBaseline().fit(gray, train)(gray[:1])
+
+    assert torch.allclose(by_position, train[:1], atol=1e-5), "position tells the halves apart"
+    assert torch.allclose(by_luma, gray[:1].expand(-1, 3, -1, -1), atol=1e-5), "one gray level: their mean, gray"
+
+
+def test_residual_stacknn_starts_exactly_at_the_average_color_and_trains_only_the_network():
+    train = random_color(6)
+    model = AverageColorResidual(StackNN(SIDE), SIDE)
+    torch.nn.init.zeros_(model.net.head[-1].weight)  # the net's output is then its bias alone
+
+    model.start_at(luma(train), train)
+
+    average = LumaBaseline(size=SIDE).fit(luma(train), train)
+    assert torch.allclose(model(luma(train)), average(luma(train)), atol=1e-6)
+    assert all(p.requires_grad for p in model.net.parameters()) and not list(model.prior.parameters())
 
 
 # ----- classify loss and conditioning ---------------------------------------------------------------------------------

@@ -131,6 +131,18 @@ def test_two_ranks_with_half_batches_train_the_weights_of_one_process(request, t
     assert '"global_batch": 32' in metrics["double"]
 
 
+def test_the_conv_colorizer_trains_under_torchrun(prepared_small, tmp_path):
+    """Its objective calls the network through the DistributedDataParallel wrapper (BatchNorm per rank on CPU,
+    so not the same weights as one process: see the module docstring)."""
+    outputs = copy_of(prepared_small, tmp_path / "conv")
+
+    finished(torchrun(outputs, *COLORIZE, "--set", "colorize.arch=conv", "--set", "colorize.loss=classify"))
+
+    entry = latest_entry(outputs, "colorize")
+    assert '"world_size": 2' in (entry / "metrics.json").read_text()
+    assert any(name.startswith("head.") for name in weights(entry))
+
+
 def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, two_local_ranks, tmp_path, launched):
     local, nodes = two_local_ranks, copy_of(prepared, tmp_path / "nodes")
 

@@ -289,3 +289,23 @@ def test_every_manifest_has_a_one_line_summary_of_what_the_folder_holds(report):
             summary = manifest.summary
             assert summary == stage(stage_name).summary
             assert summary.strip() and "\n" not in summary
+
+
+def test_colorizers_that_read_one_prepared_set_are_compared_side_by_side(report, tmp_path):
+    outputs = tmp_path / "outputs"
+    shutil.copytree(report[0], outputs, symlinks=True)
+    conv = latest_entry(outputs, "colorize")
+    page = (outputs / "index.html").read_text(encoding="utf-8")
+    assert "id=compare-" not in page, "two conv mse entries are one variant: nothing to compare yet"
+
+    succeeded(cli(outputs, "run", "--stages", "colorize", *PARAMS, "--set", "colorize.arch=stacknn"))
+
+    stacknn = latest_entry(outputs, "colorize")
+    page = (outputs / "index.html").read_text(encoding="utf-8")
+    section = page[page.index("<h2 id=compare-stacknn_mse-conv_mse>"):]
+    for entry in (stacknn, conv):
+        assert f"src='colorize/{entry.name}/test_colorized.png'" in section
+    cells = {cell[2]: json.loads(cell[3]) for cell in Page(section).cells}
+    for column, entry in (("stacknn mse", stacknn), ("conv mse", conv)):
+        for metric in ("psnr", "baseline_psnr", "psnr_margin", "color_auc", "colorfulness_ratio"):
+            assert cells[f"numbers.{metric}.{column}"] == metrics_of(entry)[metric], (column, metric)
