@@ -13,8 +13,8 @@ Training measures:
              epochs (--batch, --lr, --warmup, --epochs; the defaults start from the stage's batch 64 and peak
              lr 2e-3, the steps StackNN is known to learn from, over a schedule twice the stage's length).
              T_ours = its training time until the test PSNR after an epoch first reaches the target.
-  open       the colorize stage's own training (stages.colorize.training_job with ColorizeParams: colorfulness
-             term, mean-color start), scored after its exact-luma output step as the stage scores it: printed,
+  open       the colorize stage's own training (stages.colorize.training_job on the network ColorizerConfig
+             builds from ColorizeParams: colorfulness term, average-color residual start), scored after its exact-luma output step as the stage scores it: printed,
              not the headline. Its colorfulness term trades PSNR for color by design, so it may never reach a
              plain-MSE target.
 The test PSNR is stages.colorize.evaluate_colorizer's on the raw output (exact luma off, so the closed sides are
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trainbench as tb  # noqa: E402  (first: it sets torch's environment before torch loads)
 import torch  # noqa: E402
+from stages.checkpoints import ColorizerConfig  # noqa: E402
 from stages.colorize import baselines, evaluate_colorizer, training_job  # noqa: E402
 from stages.metrics import psnr_ssim  # noqa: E402
 from stages.luma import luma_of  # noqa: E402
@@ -75,9 +76,12 @@ def main() -> None:
 
     def stage_defaults(stop):
         recipe = tb.Recipe(params.batch_size, params.lr, params.epochs)
-        job = training_job(build(), params, (gray, color), (gray_test, color_test))
-        return tb.ours(f"stage defaults: StackNN + colorfulness {params.colorfulness_weight:g}, exact luma, {recipe}",
-                       job, lambda model: score(model, params.exact_luma), stop)
+        config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma,
+                                 residual=params.residual)  # the network the stage builds, average-color start included
+        job = training_job(config.build(), params, (gray, color), (gray_test, color_test))
+        start = "average-color residual, " if params.residual else ""
+        return tb.ours(f"stage defaults: StackNN ({start}colorfulness {params.colorfulness_weight:g}, exact luma), "
+                       f"{recipe}", job, lambda model: score(model, params.exact_luma), stop)
 
     untrained = psnr_ssim(baselines(gray, color, gray_test)["mean image"].numpy(), color_test.numpy())[0]
     tb.compare(f"StackNN colorizer: {len(gray)} train / {len(gray_test)} test faces (with no training, the mean "
