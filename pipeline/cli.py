@@ -227,9 +227,15 @@ def _params_listing() -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (auto = cuda when available).")
 @click.option("--force", is_flag=True, help="Re-run the named stages even if cached.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes on this machine: the same run, launched through torchrun.")
 @outputs_option
-def run(stages, sets, config, device, force, outputs) -> None:
+def run(stages, sets, config, device, force, nproc, outputs) -> None:
     """Train (or reuse from the cache) the VAE and colorizer on the prepared set."""
+    if nproc > 1:
+        if distributed.world().size > 1:
+            raise click.ClickException("--nproc starts torchrun itself: under torchrun, leave --nproc out")
+        sys.exit(distributed.launch(nproc, _given_options(click.get_current_context(), leave_out="nproc")))
     with _user_errors():
         tokens = [t.strip() for t in stages.split(",") if t.strip()]
         if not tokens:
@@ -247,6 +253,20 @@ def run(stages, sets, config, device, force, outputs) -> None:
         click.echo("summary: " + "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items()
                                            if names) + f" in {sum(o.seconds for o in outcomes):.0f} s")
         _write_report(outputs, outcomes)
+
+
+def _given_options(context: click.Context, leave_out: str) -> list[str]:
+    """The command line that reproduces this command's parsed options (defaults spelled out), without one."""
+    arguments = [context.info_name]
+    for option in context.command.params:
+        value, flag = context.params[option.name], max(option.opts, key=len)
+        if option.name == leave_out or value is None:
+            continue
+        if option.is_flag:
+            arguments += [flag] if value else option.secondary_opts[:1]
+        else:
+            arguments += [text for item in (value if option.multiple else [value]) for text in (flag, str(item))]
+    return arguments
 
 
 @main.command(name="status")
