@@ -17,10 +17,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stages.contract import StageError
+
+if TYPE_CHECKING:
+    import torch
 
 COLOR = "color.npy"
 GRAY = "gray.npy"
@@ -63,7 +67,8 @@ def load_prepared(folder: Path, channels: int) -> tuple[np.ndarray, np.ndarray, 
     return _scaled(pixels), train, test
 
 
-def open_split(folder: Path, channels: int, device) -> tuple:
+def open_split(folder: Path, channels: int,
+               device: torch.device) -> tuple[torch.Tensor | ImageRows, torch.Tensor, np.ndarray, np.ndarray]:
     """(train, test, train_index, test_index) for the requested channels: test is an (n, C, S, S) float32 tensor
     in [0,1] on `device` (evaluation needs all of it, and it is the small part); train is one too when it fits in
     the resident budget (RESIDENT_BYTES of float32), else ImageRows, which reads its rows from the file a batch at

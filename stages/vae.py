@@ -23,7 +23,7 @@ from stages.checkpoints import MODEL, VaeConfig, save_model
 from stages.contract import StageContext
 from stages.models import decode_images, encode_means, map_in_slices
 from stages.params import VaeParams
-from stages.prepared_set import open_split
+from stages.prepared_set import ImageRows, open_split
 from stages.training import Job, fit, resolve_device, write_training_record
 from stages.viz import save_grid, traversal_labels
 
@@ -139,7 +139,7 @@ def write_grids(model, test: torch.Tensor, test_index: np.ndarray, samples: torc
 
 
 @torch.no_grad()
-def sample_codes(model, train, params: VaeParams, count: int) -> tuple[dict[str, torch.Tensor], str]:
+def sample_codes(model, train: torch.Tensor | ImageRows, params: VaeParams, count: int) -> tuple[dict[str, torch.Tensor], str]:
     """`count` latent codes from each sampler (name -> (count, Z)), and a description of the fitted mixture."""
     generator = torch.Generator(device=train.device).manual_seed(params.seed + 2)
     prior = torch.randn(count, params.latent_dim, generator=generator, device=train.device)
