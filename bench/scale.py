@@ -6,6 +6,11 @@ memory (the largest of the command's processes, from wait4). The point is how me
 set grows past memory, not speed: on 2 CPU cores, 2 processes will not be faster than 1.
 
     python bench/scale.py [--count 200000] [--nproc 1 2] [--device cpu|cuda] [--outputs DIR]
+                          [--steps prepare vae] [--resident-bytes B]
+
+`--steps vae --outputs DIR` times the epochs on a set an earlier `--steps prepare --outputs DIR` prepared.
+`--resident-bytes` sets PIPELINE_RESIDENT_BYTES for the epochs (0: read every batch from the file, as a set
+bigger than the budget is).
 """
 
 from __future__ import annotations
@@ -52,15 +57,20 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts for the VAE epoch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--outputs", type=Path, help="cache folder (default: a temporary one, removed after)")
+    parser.add_argument("--steps", nargs="+", choices=["prepare", "vae"], default=["prepare", "vae"])
+    parser.add_argument("--resident-bytes", help="PIPELINE_RESIDENT_BYTES for the epochs (default: unset)")
     args = parser.parse_args()
+    if args.resident_bytes is not None:
+        os.environ["PIPELINE_RESIDENT_BYTES"] = args.resident_bytes
     outputs = args.outputs or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         color_gb = args.count * SIZE * SIZE * 3 / 1e9
-        wall, peak = run_measured(cli("prepare", "--count", str(args.count), "--size", str(SIZE),
-                                      "--outputs", str(outputs), "--force"))
-        print(f"prepare {args.count} faces at {SIZE}x{SIZE}: {wall:7.1f} s  {args.count / wall:7.0f} images/s  "
-              f"peak RSS {peak:.2f} GB  (color array {color_gb:.2f} GB)", flush=True)
-        for nproc in args.nproc:
+        if "prepare" in args.steps:
+            wall, peak = run_measured(cli("prepare", "--count", str(args.count), "--size", str(SIZE),
+                                          "--outputs", str(outputs), "--force"))
+            print(f"prepare {args.count} faces at {SIZE}x{SIZE}: {wall:7.1f} s  {args.count / wall:7.0f} images/s  "
+                  f"peak RSS {peak:.2f} GB  (color array {color_gb:.2f} GB)", flush=True)
+        for nproc in args.nproc if "vae" in args.steps else []:
             settings = ("run", "--stages", "vae", "--set", "vae.channels=3", "--set", "vae.epochs=1",
                         "--device", args.device, "--outputs", str(outputs), "--force")
             wall, peak = run_measured(cli(*settings) if nproc == 1 else torchrun(nproc, *settings))
