@@ -35,7 +35,7 @@ TRAVERSAL_STEPS = 11
 MANIFOLD_SIDE = 15
 NLL_IMAGES, NLL_SAMPLES = 256, 128
 GMM_CODES = 4000  # training codes (at most) the mixture is fitted to: EM cost grows with them, its fit does not
-EVALUATION_SLICE = 2048  # test images per forward pass: a big test split is evaluated in bounded memory
+EVALUATION_SLICE = 512  # test images per forward pass (as map_in_slices): a big test split fits in memory
 
 
 def vae_loss(model, x, noise, recon: str, beta: float):
