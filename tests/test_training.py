@@ -154,3 +154,25 @@ def test_a_vae_trained_from_the_file_a_batch_at_a_time_equals_one_trained_from_m
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     metrics = [json.loads((entry / "metrics.json").read_text()) for entry in (one, other)]
     assert metrics[0]["test_neg_elbo"] == metrics[1]["test_neg_elbo"]
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_the_vae_test_loss_in_slices_equals_the_loss_of_one_pass(monkeypatch, arch):
+    from stages import vae
+    from stages.checkpoints import VaeConfig
+    from stages.params import VaeParams
+
+    params = VaeParams(arch=arch, channels=3)
+    torch.manual_seed(0)
+    model = VaeConfig(arch=arch, size=10, channels=3, latent_dim=params.latent_dim, width=params.width,
+                      recon=params.recon).build().eval()
+    test = torch.rand(23, 3, 10, 10)
+    with torch.no_grad():
+        whole = vae.test_loss_evaluator(test, params)(model), vae.evaluate_model(model, test, params)
+        monkeypatch.setattr(vae, "EVALUATION_SLICE", 5)  # 4 slices of 5 and one of 3
+        sliced = vae.test_loss_evaluator(test, params)(model), vae.evaluate_model(model, test, params)
+
+    assert sliced[0].keys() == whole[0].keys() == {"loss", "test_recon", "test_kl"}
+    for name in whole[0]:
+        assert sliced[0][name] == pytest.approx(whole[0][name], rel=1e-6), name
+    assert sliced[1]["test_recon_nll"] == pytest.approx(whole[1]["test_recon_nll"], rel=1e-6)
