@@ -14,6 +14,7 @@ Files (plain numpy / CSV / PNG / JSON, nothing pickled):
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,16 +73,14 @@ def open_split(folder: Path, channels: int,
     """(train, test, train_index, test_index) for the requested channels: test is an (n, C, S, S) float32 tensor
     in [0,1] on `device` (evaluation needs all of it, and it is the small part); train is one too when it fits in
     the resident budget (RESIDENT_BYTES of float32), else ImageRows, which reads its rows from the file a batch at
-    a time: the same values, in bounded memory."""
-    import torch
-
+    a time: the same values, in bounded memory. Both are read as ImageRows read: gathering the test rows through
+    the memory map would make the whole file resident, since they lie everywhere in it."""
     pixels, train_index, test_index = _open(folder, channels)
-    test = torch.from_numpy(_scaled(pixels[test_index])).to(device)
-    if len(train_index) * 4 * np.prod(pixels.shape[1:]) <= resident_bytes():
-        train = torch.from_numpy(_scaled(pixels[train_index])).to(device)
-    else:
-        train = ImageRows(folder / (GRAY if channels == 1 else COLOR), device, train_index)
-    return train, test, train_index, test_index
+    path = folder / (GRAY if channels == 1 else COLOR)
+    train = ImageRows(path, device, train_index)
+    if len(train_index) * 4 * math.prod(pixels.shape[1:]) <= resident_bytes():
+        train = train[:]
+    return train, ImageRows(path, device, test_index)[:], train_index, test_index
 
 
 def resident_bytes() -> int:
@@ -117,8 +116,8 @@ def _scaled(pixels: np.ndarray) -> np.ndarray:
 
 
 class ImageRows:
-    """Some rows of a prepared image file, read on demand: ``rows[index]`` (an index tensor or array into these
-    rows) is an (n, C, S, S) float32 tensor on the device, the values ``load_prepared`` holds for them.
+    """Some rows of a prepared image file, read on demand: ``rows[index]`` (an index tensor, array or slice into
+    these rows) is an (n, C, S, S) float32 tensor on the device, the values ``load_prepared`` holds for them.
 
     Rows are read with positioned reads in ascending file order, not through the memory map: every page a map
     touches counts in the process's resident memory, so an epoch over a map would end with the whole file
