@@ -232,10 +232,6 @@ def _params_listing() -> str:
 @outputs_option
 def run(stages, sets, config, device, force, nproc, outputs) -> None:
     """Train (or reuse from the cache) the VAE and colorizer on the prepared set."""
-    if nproc > 1:
-        if distributed.world().size > 1:
-            raise click.ClickException("--nproc starts torchrun itself: under torchrun, leave --nproc out")
-        sys.exit(distributed.launch(nproc, _given_options(click.get_current_context(), leave_out="nproc")))
     with _user_errors():
         tokens = [t.strip() for t in stages.split(",") if t.strip()]
         if not tokens:
@@ -243,6 +239,10 @@ def run(stages, sets, config, device, force, nproc, outputs) -> None:
             raise UsageError(f"--stages {stages!r} names no stage: give one or more of {runnable}")
         all_params = _stage_params(sets, config)
         runner.plan(tokens)  # reject unknown stage names before any work
+        if nproc > 1:  # checked here first, so a mistake is one line rather than one per rank
+            if distributed.world().size > 1:
+                raise UsageError("--nproc starts torchrun itself: under torchrun, leave --nproc out")
+            sys.exit(distributed.launch(nproc, _given_options(click.get_current_context(), leave_out="nproc")))
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
         if not distributed.world().main:
             return  # one torchrun rank reports: rank 0, which wrote the cache

@@ -119,6 +119,7 @@ def test_summary_reports_a_skipped_stage_and_why(copy_of_first_run, pipeline):
 def test_nproc_launches_the_same_run_through_torchrun_with_every_other_option_unchanged(monkeypatch, tmp_path):
     launched = []
     monkeypatch.setattr(distributed, "launch", lambda nproc, arguments: launched.append((nproc, arguments)) or 0)
+    (tmp_path / "p.toml").write_text("[vae]\nwidth = 8\n")
     given = ["run", "--stages", "vae", "--set", "vae.epochs=1", "--set", "vae.latent_dim=3",
              "--config", str(tmp_path / "p.toml"), "--device", "cpu", "--force", "--outputs", str(tmp_path / "out")]
 
@@ -131,3 +132,9 @@ def test_nproc_launches_the_same_run_through_torchrun_with_every_other_option_un
 
 def test_nproc_below_one_is_refused_in_one_line(tmp_path):
     assert_one_clear_error_line(cli(tmp_path, "run", "--nproc", "0"), "--nproc", "0")
+
+
+def test_nproc_checks_the_parameters_before_it_launches_anything(monkeypatch, tmp_path):
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("launched despite a wrong --set"))
+
+    assert_one_clear_error_line(cli(tmp_path, "run", "--nproc", "2", "--set", "vae.no_such=1"), "vae.no_such")
