@@ -23,8 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start_pipeline(*args: str) -> subprocess.Popen:
-    """`python -m pipeline.cli ARGS` of this checkout, in its own session so a test can signal it alone."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    """`python -m pipeline.cli ARGS` of this checkout, in its own session so a test can signal it alone.
+
+    One BLAS/OpenMP thread: the matrix compares a re-run's metrics with the clean run's exactly, and a threaded
+    GEMM may split its sums differently from run to run on a loaded machine (seen once in five CI runs)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
