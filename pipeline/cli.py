@@ -227,8 +227,10 @@ def _params_listing() -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (auto = cuda when available).")
 @click.option("--force", is_flag=True, help="Re-run the named stages even if cached.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes on this machine: the same run, launched through torchrun.")
 @outputs_option
-def run(stages, sets, config, device, force, outputs) -> None:
+def run(stages, sets, config, device, force, nproc, outputs) -> None:
     """Train (or reuse from the cache) the VAE and colorizer on the prepared set."""
     with _user_errors():
         tokens = [t.strip() for t in stages.split(",") if t.strip()]
@@ -237,6 +239,10 @@ def run(stages, sets, config, device, force, outputs) -> None:
             raise UsageError(f"--stages {stages!r} names no stage: give one or more of {runnable}")
         all_params = _stage_params(sets, config)
         runner.plan(tokens)  # reject unknown stage names before any work
+        if nproc > 1:  # checked here first, so a mistake is one line rather than one per rank
+            if distributed.world().size > 1:
+                raise UsageError("--nproc starts torchrun itself: under torchrun, leave --nproc out")
+            sys.exit(distributed.launch(nproc, _given_options(click.get_current_context(), leave_out="nproc")))
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
         if not distributed.world().main:
             return  # one torchrun rank reports: rank 0, which wrote the cache
@@ -247,6 +253,20 @@ def run(stages, sets, config, device, force, outputs) -> None:
         click.echo("summary: " + "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items()
                                            if names) + f" in {sum(o.seconds for o in outcomes):.0f} s")
         _write_report(outputs, outcomes)
+
+
+def _given_options(context: click.Context, leave_out: str) -> list[str]:
+    """The command line that reproduces this command's parsed options (defaults spelled out), without one."""
+    arguments = [context.info_name]
+    for option in context.command.params:
+        value, flag = context.params[option.name], max(option.opts, key=len)
+        if option.name == leave_out or value is None:
+            continue
+        if option.is_flag:
+            arguments += [flag] if value else option.secondary_opts[:1]
+        else:
+            arguments += [text for item in (value if option.multiple else [value]) for text in (flag, str(item))]
+    return arguments
 
 
 @main.command(name="status")

@@ -60,6 +60,25 @@ def join(device: str) -> str:
     return device
 
 
+def launch(nproc: int, arguments: list[str]) -> int:
+    """Run ``pipeline ARGUMENTS`` as ``nproc`` ranks on this machine through ``torch.distributed.run --standalone``
+    (what ``torchrun`` runs) and return its exit status. The launcher gets a session of its own, so a Ctrl-C or a
+    SIGTERM reaches it once, from here, and it stops its ranks as when it is killed itself."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "pipeline", *arguments]
+    launcher = subprocess.Popen(command, start_new_session=True)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait()
+        return 130
+
+
 def _group():
     import torch.distributed as dist
 

@@ -1,7 +1,8 @@
 """The training loop both stages share, built for speed on a small CPU and correctness under interruption.
 
 - The whole training set is one tensor on the device; batches are index slices of a seeded permutation, so
-  there is no per-item Dataset/DataLoader overhead.
+  there is no per-item Dataset/DataLoader overhead. A set too big to hold (stages.prepared_set.ImageRows) is
+  indexed the same way and reads each batch's rows from its file: the same batches, so the same weights.
 - Adam with the fused kernel where the build has it, under a one-cycle schedule (warm-up, then cosine decay),
   which lets the VAE train as well in the same epochs at twice the reference's batch. Those two are where most
   of the speed comes from (docs/decisions.md; StackNN keeps the reference's batch 64).
@@ -101,7 +102,8 @@ class Job:
     """One training run: the model, its data, and how to compute a batch's loss."""
 
     model: torch.nn.Module
-    train_data: tuple[torch.Tensor, ...]  # tensors indexed together along dim 0, already on the device
+    # indexed together along dim 0: tensors on the device, or row sources whose [index tensor] is one (ImageRows)
+    train_data: tuple[torch.Tensor, ...]
     batch_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (model, *rows, noise: Noise) -> mean loss, stats
     evaluate: Callable[[torch.nn.Module], dict[str, float]]  # -> {"loss": test loss, ...}, called per epoch
     epochs: int
@@ -164,7 +166,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     """Train `job.model` in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists.
     Under torchrun every rank calls this; only rank 0's History holds the evaluations."""
     here = distributed.world()
-    model, count = job.model, job.train_data[0].shape[0]
+    model, count = job.model, len(job.train_data[0])
     trained = across_ranks(model, device)
     steps_per_epoch = math.ceil(count / job.batch_size)
     optimizer = make_optimizer(model, job.lr)

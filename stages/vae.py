@@ -23,7 +23,7 @@ from stages.checkpoints import MODEL, VaeConfig, save_model
 from stages.contract import StageContext
 from stages.models import decode_images, encode_means, map_in_slices
 from stages.params import VaeParams
-from stages.prepared_set import load_prepared
+from stages.prepared_set import ImageRows, open_split
 from stages.training import Job, fit, resolve_device, write_training_record
 from stages.viz import save_grid, traversal_labels
 
@@ -35,6 +35,7 @@ TRAVERSAL_STEPS = 11
 MANIFOLD_SIDE = 15
 NLL_IMAGES, NLL_SAMPLES = 256, 128
 GMM_CODES = 4000  # training codes (at most) the mixture is fitted to: EM cost grows with them, its fit does not
+EVALUATION_SLICE = 512  # test images per forward pass (as map_in_slices): a big test split fits in memory
 
 
 def vae_loss(model, x, noise, recon: str, beta: float):
@@ -49,8 +50,14 @@ def test_loss_evaluator(test: torch.Tensor, params: VaeParams):
     def evaluate(model) -> dict[str, float]:
         generator = torch.Generator(device=test.device).manual_seed(12345)
         noise = torch.randn(len(test), params.latent_dim, generator=generator, device=test.device)
-        loss, stats = vae_loss(model, test, noise, params.recon, params.beta)
-        return {"loss": loss.item(), "test_recon": stats["recon"], "test_kl": stats["kl"]}
+        totals = {"loss": 0.0, "test_recon": 0.0, "test_kl": 0.0}
+        for start in range(0, len(test), EVALUATION_SLICE):
+            part = slice(start, start + EVALUATION_SLICE)
+            loss, stats = vae_loss(model, test[part], noise[part], params.recon, params.beta)
+            share = len(test[part]) / len(test)
+            for name, value in zip(totals, (loss.item(), stats["recon"], stats["kl"])):
+                totals[name] += value * share
+        return totals
     return evaluate
 
 
@@ -62,8 +69,10 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
     elbo_terms = []
     for _ in range(4):
         noise = torch.randn(mu.shape, generator=generator, device=test.device)
-        logits = model.decode(mu + noise * torch.exp(0.5 * logvar))
-        elbo_terms.append(m.reconstruction_nll(logits, test, params.recon))
+        z = mu + noise * torch.exp(0.5 * logvar)
+        elbo_terms.append(torch.cat([m.reconstruction_nll(model.decode(z[i:i + EVALUATION_SLICE]),
+                                                          test[i:i + EVALUATION_SLICE], params.recon)
+                                     for i in range(0, len(test), EVALUATION_SLICE)]))
     recon_nll = torch.stack(elbo_terms).mean().item()
     kl_dims = m.kl_per_dimension(mu, logvar).mean(0)
     neg_elbo = recon_nll + kl_dims.sum().item()
@@ -80,15 +89,15 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
 
 
 @torch.no_grad()
-def write_grids(model, images: torch.Tensor, test_index: np.ndarray, samples: torch.Tensor, kl_dims: list[float],
+def write_grids(model, test: torch.Tensor, test_index: np.ndarray, samples: torch.Tensor, kl_dims: list[float],
                 params: VaeParams, out_dir: Path) -> None:
-    """Reconstructions, samples, interpolations, traversals (and the 2-D manifold), as PNG grids and arrays."""
-    device = images.device
+    """Reconstructions, samples, interpolations, traversals (and the 2-D manifold), as PNG grids and arrays.
+    `test` holds the prepared set's images at `test_index`, in that order."""
+    device = test.device
     generator = torch.Generator(device=device).manual_seed(params.seed + 2)
-    test = images[test_index]
 
     chosen = test_index[:RECONSTRUCTIONS]
-    originals = images[chosen]
+    originals = test[:RECONSTRUCTIONS]
     reconstructions = decode_images(model, model.encode(originals)[0])
     save_grid(torch.cat([originals, reconstructions]).cpu(), len(chosen), out_dir / "reconstructions.png")
 
@@ -106,7 +115,7 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, samples: to
     save_grid(interpolation.flatten(0, 1).cpu(), INTERPOLATION_STEPS + 2, out_dir / "interpolation.png")
 
     order = np.argsort(kl_dims)[::-1]
-    centre = model.encode(test)[0].mean(0)
+    centre = encode_means(model, test).mean(0)
     values = torch.linspace(-3, 3, TRAVERSAL_STEPS, device=device)
     codes = centre.repeat(len(order), TRAVERSAL_STEPS, 1)  # (Z, steps, Z)
     for row, dim in enumerate(order):
@@ -130,7 +139,7 @@ def write_grids(model, images: torch.Tensor, test_index: np.ndarray, samples: to
 
 
 @torch.no_grad()
-def sample_codes(model, train: torch.Tensor, params: VaeParams, count: int) -> tuple[dict[str, torch.Tensor], str]:
+def sample_codes(model, train: torch.Tensor | ImageRows, params: VaeParams, count: int) -> tuple[dict[str, torch.Tensor], str]:
     """`count` latent codes from each sampler (name -> (count, Z)), and a description of the fitted mixture."""
     generator = torch.Generator(device=train.device).manual_seed(params.seed + 2)
     prior = torch.randn(count, params.latent_dim, generator=generator, device=train.device)
@@ -149,30 +158,27 @@ def score_samplers(model, codes: dict[str, torch.Tensor], test: torch.Tensor, se
 
 def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
     device = resolve_device(context.device)
-    images_np, train_index, test_index = load_prepared(inputs["prepare"], params.channels)
-    images = torch.from_numpy(images_np).to(device)
+    train, test, train_index, test_index = open_split(inputs["prepare"], params.channels, device)
     torch.manual_seed(params.seed)
-    config = VaeConfig(arch=params.arch, size=images.shape[-1], channels=params.channels,
+    config = VaeConfig(arch=params.arch, size=test.shape[-1], channels=params.channels,
                        latent_dim=params.latent_dim, width=params.width, recon=params.recon)
     model = config.build().to(device)
 
     def batch_loss(model, x, noise):
         return vae_loss(model, x, noise(params.latent_dim), params.recon, params.beta)
 
-    job = Job(model=model, train_data=(images[train_index],), batch_loss=batch_loss,
-              evaluate=test_loss_evaluator(images[test_index], params), epochs=params.epochs,
+    job = Job(model=model, train_data=(train,), batch_loss=batch_loss,
+              evaluate=test_loss_evaluator(test, params), epochs=params.epochs,
               batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae")
     history = fit(job, context, device)
     if not distributed.world().main:
         return {}  # rank 0 evaluates, draws and saves: the same model is on every rank
 
     save_model(out_dir / MODEL, model, config)
-    results = evaluate_model(model, images[test_index], params)
+    results = evaluate_model(model, test, params)
     results.update(write_training_record(out_dir, history, model, f"VAE loss (nats/image, β={params.beta:g})"))
-    test = images[test_index]
-    codes, results["gmm_fit"] = sample_codes(model, images[train_index], params, max(SAMPLES, min(judge.REAL_IMAGES,
-                                                                                              len(test))))
-    write_grids(model, images, test_index, decode_images(model, codes[params.sampler][:SAMPLES]),
+    codes, results["gmm_fit"] = sample_codes(model, train, params, max(SAMPLES, min(judge.REAL_IMAGES, len(test))))
+    write_grids(model, test, test_index, decode_images(model, codes[params.sampler][:SAMPLES]),
                 results["kl_per_dim"], params, out_dir)
     excess = f" (+{results['neg_elbo_excess']:.1f} over the entropy floor)" if "neg_elbo_excess" in results else ""
     realism = ""

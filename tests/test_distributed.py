@@ -157,6 +157,21 @@ def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, 
     assert_same_weights(latest_entry(local, "vae"), entries[0], 0.0)
 
 
+def test_nproc_2_publishes_the_entry_torchrun_with_two_ranks_publishes(prepared, two_local_ranks, tmp_path, launched):
+    outputs = copy_of(prepared, tmp_path / "nproc")
+
+    command = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--nproc", "2", *VAE, "--outputs",
+                                str(outputs)], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    launched.append(command)
+    output = finished(command)
+
+    assert "summary: ran vae" in output and output.count("summary:") == 1, "rank 0 alone reports"
+    assert latest_entry(outputs, "vae").name == latest_entry(two_local_ranks, "vae").name
+    assert_same_weights(latest_entry(two_local_ranks, "vae"), latest_entry(outputs, "vae"), 0.0)
+    assert '"world_size": 2' in (latest_entry(outputs, "vae") / "metrics.json").read_text()
+
+
 def rank_pids(agent: subprocess.Popen) -> list[int]:
     """The worker processes torchrun started (children of the agent)."""
     children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()

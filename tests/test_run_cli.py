@@ -1,4 +1,5 @@
-"""Specification of `pipeline run`'s summary and report: each stage, whether it ran or was reused, and where.
+"""Specification of `pipeline run`'s summary and report: each stage, whether it ran or was reused, and where;
+and of `--nproc N`, which hands the same run to torchrun.
 
 One small VAE + conv colorizer run on 12x12 faces is shared; tests that change the cache work on a copy.
 """
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from helpers import cli, latest_entry, replace_stage_entry, succeeded, summary_lines
+from helpers import assert_one_clear_error_line, cli, latest_entry, replace_stage_entry, succeeded, summary_lines
 from pipeline import runner
+from pipeline.cli import DEFAULT_STAGES
+from stages import distributed
 
 PREPARE = ("prepare", "--count", "48", "--size", "12")
 PARAMS = ("--set", "vae.latent_dim=3", "--set", "vae.epochs=1", "--set", "vae.batch_size=16",
@@ -111,3 +114,27 @@ def test_summary_reports_a_skipped_stage_and_why(copy_of_first_run, pipeline):
     lines = summary(result)
     assert lines["vae"].startswith("vae: ran")
     assert lines["vae_color"].startswith("vae_color: skipped (") and "vae.channels=3" in lines["vae_color"]
+
+
+def test_nproc_launches_the_same_run_through_torchrun_with_every_other_option_unchanged(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, arguments: launched.append((nproc, arguments)) or 0)
+    (tmp_path / "p.toml").write_text("[vae]\nwidth = 8\n")
+    given = ["run", "--stages", "vae", "--set", "vae.epochs=1", "--set", "vae.latent_dim=3",
+             "--config", str(tmp_path / "p.toml"), "--device", "cpu", "--force", "--outputs", str(tmp_path / "out")]
+
+    succeeded(cli(None, *given[:1], "--nproc", "3", *given[1:]))
+    succeeded(cli(None, "run", "--nproc", "2"))
+
+    assert launched == [(3, given), (2, ["run", "--stages", DEFAULT_STAGES, "--device", "auto", "--outputs",
+                                         "outputs"])], "defaults spelled out, so every rank runs what was asked"
+
+
+def test_nproc_below_one_is_refused_in_one_line(tmp_path):
+    assert_one_clear_error_line(cli(tmp_path, "run", "--nproc", "0"), "--nproc", "0")
+
+
+def test_nproc_checks_the_parameters_before_it_launches_anything(monkeypatch, tmp_path):
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("launched despite a wrong --set"))
+
+    assert_one_clear_error_line(cli(tmp_path, "run", "--nproc", "2", "--set", "vae.no_such=1"), "vae.no_such")
