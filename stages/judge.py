@@ -7,17 +7,29 @@ tensors in [0, 1] with C in {1, 3} and H, W >= 8, and returns:
   2017) on half of the images and scored on the other half; 0.5 = indistinguishable, 1.0 = trivially fake.
   ``c2st_std`` is its binomial standard error, sqrt(p (1 - p) / n_scored).
 - ``density`` and ``coverage`` (Naeem et al. 2020, k = 5): fidelity and diversity measured with k-nearest-neighbour
-  balls around the real images in a fixed embedding. Coverage is the fraction of real images with a generated one
-  inside their ball, so samples that all look alike score near 0.
-- ``fd``: the Frechet distance between Gaussians fitted to the two sets in the same embedding.
+  balls around the real images, in coarse pixels (below). Coverage is the fraction of real images with a generated
+  one inside their ball, so samples that all look alike score near 0.
+- ``fd``: the Frechet distance between Gaussians fitted to the two sets in an edge embedding (below).
 - ``n``: the number of images per side that were compared (the smaller of the two sets).
 
-The embedding is a randomly initialised, seeded conv network (the paper's recipe for domains without a pretrained
-net). Its first layer is made of zero-mean filters, i.e. edge and texture detectors, and its ReLU responses are
-averaged over a coarse 4x4 grid rather than globally: a blurred image has weaker edge responses everywhere, so
-the Frechet distance sees blur, while the grid keeps where things are, so coverage sees pose and layout collapse.
-Features are standardised with the real set's statistics, so every dimension counts and the numbers do not
-depend on the scale of the random weights.
+Two embeddings, because two questions. Neither depends on the model being judged.
+
+- Sharpness (``fd``): a randomly initialised, seeded conv network (the paper's recipe for domains without a
+  pretrained net). Its first layer is made of zero-mean filters, i.e. edge and texture detectors, and its ReLU
+  responses are averaged over a coarse 4x4 grid rather than globally: a blurred image has weaker edge responses
+  everywhere, so the Frechet distance sees blur. Features are standardised with the real set's statistics, so every
+  dimension counts and the numbers do not depend on the scale of the random weights.
+- Diversity (``density``, ``coverage``): the images averaged over 2x2 pixel blocks, minus the real set's mean, each
+  scaled to unit length, so that what counts is the direction in which a face departs from the average face. In
+  the edge embedding every blurry image lies far from every sharp one, so a blurry generator scored coverage near 0
+  however varied its faces were, exactly like a collapsed one, and the score could not rank blurry models. Coarse
+  pixels keep pose, hair and layout and drop the fine texture, so 3x3 blur leaves real faces' coverage near 1.
+  Raw pixels are not enough: in Euclidean distance the average face lies inside most real faces' balls (with
+  100 real faces, the mean face repeated covered 0.6 of them), so a generator that blurs every face toward the
+  average would look varied; after centring and scaling, the average face is no direction at all and covers
+  nothing, one face repeated or ten faces repeated cover about a tenth or less (docs/decisions.md). Density, which
+  counts how many real neighbourhoods a sample falls in, can exceed 1 for smooth samples; read sharpness from
+  ``c2st`` and ``fd``.
 
 Everything is a function of the inputs and ``seed``: the same call gives the same numbers, and the global torch
 random state is left untouched. The judge imports no stage: any stage that generates images can call it.
@@ -33,7 +45,8 @@ from torch.nn import functional as F
 NEIGHBOURS = 5  # k of Naeem et al. 2020
 MIN_IMAGES = 2 * NEIGHBOURS  # fewer images per side than this and the k-nearest-neighbour balls mean nothing
 REAL_IMAGES = 1000  # real test images (at most) every generator is judged against: the first ones of the split
-EMBED_GRID = 4  # the embedding averages its feature maps over an EMBED_GRID x EMBED_GRID grid
+EMBED_GRID = 4  # the edge embedding averages its feature maps over an EMBED_GRID x EMBED_GRID grid
+COARSE_BLOCK = 2  # density and coverage compare images averaged over COARSE_BLOCK x COARSE_BLOCK pixel blocks
 CLASSIFIER_STEPS = 150
 CLASSIFIER_BATCH = 64
 CLASSIFIER_LR = 2e-3
@@ -62,7 +75,7 @@ def realism(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> dict[
     return {
         "c2st": accuracy,
         "c2st_std": math.sqrt(accuracy * (1 - accuracy) / scored),
-        **density_coverage(real_features, fake_features, NEIGHBOURS),
+        **density_coverage(*coarse_directions(real, generated), NEIGHBOURS),
         "fd": frechet_distance(real_features, fake_features),
         "n": n,
     }
@@ -88,6 +101,14 @@ class RandomEmbedding(nn.Module):
         h = F.relu(self.edges(2 * x - 1))  # (N, C, H, W) -> (N, 16, H, W)
         h = F.relu(self.texture(h))  # -> (N, 32, H, W)
         return F.adaptive_avg_pool2d(h, EMBED_GRID).flatten(1)  # -> (N, 32 * EMBED_GRID**2)
+
+
+def coarse_directions(real: torch.Tensor, generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diversity embedding of both sets: (N, C, H, W) -> (N, C * ceil(H/2) * ceil(W/2)), block means of the
+    pixels minus the real set's mean, scaled to unit length (an image equal to the mean stays at 0)."""
+    real, generated = (F.avg_pool2d(x, COARSE_BLOCK, ceil_mode=True).flatten(1) for x in (real, generated))
+    centre = real.mean(0)
+    return tuple((x - centre) / (x - centre).norm(dim=1, keepdim=True).clamp(min=1e-6) for x in (real, generated))
 
 
 def random_embedding(channels: int) -> RandomEmbedding:
