@@ -48,6 +48,8 @@ class VaeParams:
     batch_size: int = param(128, "images per optimiser step, over all torchrun processes", min=1)
     lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
+    kl_warmup: float = param(0.0, "fraction of the epochs over which the KL weight rises from 0 to beta (the "
+                             "reported test -ELBO is always the true one)", min=0.0, max=1.0)
     recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",
                        choices=("bce", "mse"))
     sampler: str = param("gmm", "where samples.png draws z: prior = N(0, I); gmm = a Gaussian mixture fitted to the "
