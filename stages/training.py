@@ -111,7 +111,6 @@ class Job:
     label: str
     warmup: float = 0.15  # fraction of the steps spent warming up to the peak lr
     stop: Callable[[History], bool] | None = None  # asked after each evaluation: True ends training there
-    on_epoch: Callable[[int], None] | None = None  # told each epoch's index (from 0) before it trains, resumed too
 
 
 def save_checkpoint(path: Path, state: dict, label: str) -> None:
@@ -185,8 +184,6 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     with context.progress(job.epochs, job.label) as bar:
         bar.advance(first_epoch)
         for epoch in range(first_epoch, job.epochs):
-            if job.on_epoch is not None:
-                job.on_epoch(epoch)
             started = time.perf_counter()
             model.train()
             sums: dict[str, float] = {"loss": 0.0}

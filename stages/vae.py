@@ -45,16 +45,6 @@ def vae_loss(model, x, noise, recon: str, beta: float):
     return nll + beta * kl, {"recon": nll.item(), "kl": kl.item()}
 
 
-def kl_weight(epoch: int, params: VaeParams) -> float:
-    """The KL weight of an epoch: rising linearly from 0 over the first `kl_warmup` of the epochs, then `beta`.
-
-    Early on, the KL term costs more than the little a fresh decoder can do with information, so a VAE settles
-    on codes that say almost nothing and climbs out slowly; warming up lets it learn to use the code first
-    (Sonderby et al. 2016, Bowman et al. 2016)."""
-    ramp = params.kl_warmup * params.epochs
-    return params.beta * min(1.0, (epoch + 1) / ramp) if ramp >= 1 else params.beta
-
-
 def test_loss_evaluator(test: torch.Tensor, params: VaeParams):
     def evaluate(model) -> dict[str, float]:
         generator = torch.Generator(device=test.device).manual_seed(12345)
@@ -166,17 +156,12 @@ def run(params: VaeParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                        latent_dim=params.latent_dim, width=params.width, recon=params.recon)
     model = config.build().to(device)
 
-    beta = {"now": params.beta}
-
-    def warm_up(epoch: int) -> None:
-        beta["now"] = kl_weight(epoch, params)
-
     def batch_loss(model, x, noise):
-        return vae_loss(model, x, noise(params.latent_dim), params.recon, beta["now"])
+        return vae_loss(model, x, noise(params.latent_dim), params.recon, params.beta)
 
     job = Job(model=model, train_data=(images[train_index],), batch_loss=batch_loss,
               evaluate=test_loss_evaluator(images[test_index], params), epochs=params.epochs,
-              batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae", on_epoch=warm_up)
+              batch_size=params.batch_size, lr=params.lr, seed=params.seed, label="vae")
     history = fit(job, context, device)
     if not distributed.world().main:
         return {}  # rank 0 evaluates, draws and saves: the same model is on every rank
