@@ -41,11 +41,11 @@ class PrepareParams:
 class VaeParams:
     arch: str = param("conv", "conv: strided-conv encoder/decoder; fc: the reference MLP, layer for layer",
                       choices=("conv", "fc"))
-    latent_dim: int = param(10, "size of the latent code z", min=1, max=512)
+    latent_dim: int = param(32, "size of the latent code z", min=1, max=512)
     width: int = param(16, "channels of the first conv layer, doubling with depth (conv only)", min=1, max=256)
     channels: int = param(1, "1 = train on gray; 3 = train on color directly", choices=(1, 3))
-    epochs: int = param(30, "passes over the training split", min=1)
-    batch_size: int = param(128, "images per optimiser step, over all torchrun processes", min=1)
+    epochs: int = param(40, "passes over the training split", min=1)
+    batch_size: int = param(64, "images per optimiser step, over all torchrun processes", min=1)
     lr: float = param(3e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)
     beta: float = param(1.0, "weight of the KL term (1 = the true ELBO)", min=0.0)
     recon: str = param("bce", "likelihood: bce (Bernoulli on [0,1]) or mse (Gaussian, unit variance)",

@@ -42,7 +42,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="the prepared image set: gray and color arrays, the train/test split, sources and a preview grid",
     ),
     StageSpec(
-        name="vae", version=5, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
+        name="vae", version=6, params=VaeParams, upstream=("prepare",), run="stages.vae:run",
         distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("reconstructions.png", "test faces (top) and their reconstructions (bottom)"),
                  Figure("samples.png", "64 decodes of z from vae.sampler (gmm: a mixture fitted to the training "

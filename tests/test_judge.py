@@ -34,19 +34,38 @@ def test_real_faces_against_other_real_faces_look_real(real_vs_real):
     assert 0 < real_vs_real["c2st_std"] < 0.05
 
 
-def test_blurred_faces_are_caught_by_the_classifier_and_the_frechet_distance(faces, real_vs_real):
-    blurred = F.avg_pool2d(F.pad(faces[:N], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+@pytest.fixture(scope="module")
+def blurred(faces) -> dict:
+    """The first N faces, 3x3 box-blurred (replicated edges), judged against the other N."""
+    images = F.avg_pool2d(F.pad(faces[:N], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return realism(images, faces[N:], seed=0)
 
-    score = realism(blurred, faces[N:], seed=0)
 
-    assert score["c2st"] >= 0.75
-    assert score["fd"] >= 5 * real_vs_real["fd"]
+def test_blurred_faces_are_caught_by_the_classifier_and_the_frechet_distance(blurred, real_vs_real):
+    assert blurred["c2st"] >= 0.75
+    assert blurred["fd"] >= 5 * real_vs_real["fd"]
+
+
+def test_blurred_but_varied_faces_cover_far_more_than_ten_faces_repeated(faces, blurred):
+    ten_faces = faces[torch.arange(N) % 10]
+
+    few = realism(ten_faces, faces[N:], seed=0)
+
+    assert few["coverage"] <= 0.15
+    assert blurred["coverage"] >= 0.8
 
 
 def test_one_face_repeated_covers_almost_nothing(faces):
     repeated = faces[:1].repeat(N, 1, 1, 1)
 
     assert realism(repeated, faces[N:], seed=0)["coverage"] <= 0.1
+
+
+def test_the_average_face_repeated_covers_almost_nothing(faces):
+    """The fully blurred generator: it lies near every face in pixel distance, yet it is one face."""
+    average = faces[:N].mean(0, keepdim=True).repeat(N, 1, 1, 1)
+
+    assert realism(average, faces[N:], seed=0)["coverage"] <= 0.1
 
 
 def test_same_seed_gives_the_same_numbers_and_leaves_torch_random_state_alone(faces):
