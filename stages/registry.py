@@ -80,7 +80,7 @@ STAGES: tuple[StageSpec, ...] = (
                 "edit grids",
     ),
     StageSpec(  # opt-in (`--stages gan`): not in the default run
-        name="gan", version=2, params=GanParams, upstream=("prepare",), run="stages.gan:run",
+        name="gan", version=3, params=GanParams, upstream=("prepare",), run="stages.gan:run",
         distributed=True, batch_statistics=lambda p: True,  # dcgan: BatchNorm in G; fc: dropout in D, per rank
         figures=(Figure("samples.png", "64 samples of one fixed noise batch (one row per tag value if conditional)"),
                  Figure("interpolation.png", "each row: 7 steps on the line between two noise vectors"),
