@@ -156,8 +156,8 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
                                                                          device=device)[rows]
                 stats = gan_step(g_trained, d_trained, opt_g, opt_d, job.real[mine], labels, z, fake_labels,
                                  share * here.size)
-                for name, value in stats.items():
-                    sums[name] = sums[name] + value * share
+                for name, value in stats.items():  # a rank left no rows by a short last batch adds nothing
+                    sums[name] = sums[name] + (value * share if share else 0.0)
             totals = summed_over_ranks({name: float(total) for name, total in sums.items()}, here, device)
             means = {name: total / steps_per_epoch for name, total in totals.items()}
             if not (math.isfinite(means["g_loss"]) and math.isfinite(means["d_loss"])):

@@ -204,6 +204,8 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 share = (rows.stop - rows.start) / len(index)  # of the global batch: weights this rank's mean
                 noise = Noise(len(index), rows, generator, device)
                 loss, stats = job.batch_loss(trained, *(t[index[rows]] for t in job.train_data), noise=noise)
+                if rows.start == rows.stop:  # a last batch with fewer rows than ranks left this rank none: it
+                    loss, stats = loss.nan_to_num(0.0), {}  # still joins the step (DDP), adding nothing
                 if not torch.isfinite(loss):
                     raise StageError(f"{job.label}: the loss became {loss.item()} at epoch {epoch + 1}; training "
                                      "stopped and nothing was saved. Lower the learning rate (--set "
