@@ -5,8 +5,10 @@ stage that trains actually runs.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
+import functools
 import math
 import os
 import re
@@ -119,6 +121,9 @@ def _write_report(outputs: Path, outcomes: list[runner.Outcome]) -> None:
     click.echo(f"results: {outputs}/ (open {page})")
 
 
+_INTERRUPT_AGAIN_AFTER_SECONDS = 0.01  # long enough for the hook to have returned
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Learn to draw small faces: prepare an image set, train a VAE on gray faces, colorize them.
@@ -138,11 +143,24 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
+        if getattr(sys.unraisablehook, "func", None) is not _interrupt_again_if_dropped:
+            sys.unraisablehook = functools.partial(_interrupt_again_if_dropped, sys.unraisablehook)
 
 
 def _terminated(signum, frame) -> None:
     """SIGTERM (`kill PID`, a scheduler's stop) takes the Ctrl-C path: workers stopped, nothing half-written kept."""
     raise KeyboardInterrupt
+
+
+def _interrupt_again_if_dropped(report_otherwise, unraisable) -> None:
+    """Python drops an exception raised inside a finalizer, a weakref callback or a fork hook ("Exception ignored
+    in ..."). A Ctrl-C or SIGTERM that lands there would be lost and the run would go on (seen: in logging's
+    after-fork hook while prepare forked its workers), so it is raised again a moment later, from a timer thread:
+    raised from this hook, it would be dropped once more."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        threading.Timer(_INTERRUPT_AGAIN_AFTER_SECONDS, _thread.interrupt_main).start()
+        return
+    report_otherwise(unraisable)
 
 
 def _parse_count(value: str) -> int:

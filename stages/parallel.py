@@ -9,6 +9,7 @@ down, and its workers would otherwise sit forever in a write to a result pipe no
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import itertools
 import multiprocessing
@@ -27,6 +28,7 @@ Result = TypeVar("Result")
 
 WINDOW_PER_WORKER = 8  # batches in flight per worker: keeps cores busy while bounding queued bytes
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_HELD = (signal.SIGINT, signal.SIGTERM)  # what interrupts_held holds back
 _PARENT_POLL_SECONDS = 0.5  # where there is no prctl: how often a worker checks that its parent still lives
 
 
@@ -37,27 +39,51 @@ class WorkerDied(Exception):
 def map_in_order(function: Callable[[Batch], Result], batches: Iterable[Batch], workers: int) -> Iterator[Result]:
     """``map(function, batches)`` across ``workers`` processes, in order, with a bounded window in flight.
 
-    The window keeps the inputs (archive bytes, say) from piling up in a queue. Abandoning the iterator cancels
-    the batches not yet started and waits for the running ones: killing a worker mid-reply, as
-    ``multiprocessing.Pool.terminate`` does, can leave half a message in the result pipe and hang the reader
-    forever. A worker that dies raises WorkerDied rather than hanging."""
+    The window keeps the inputs (archive bytes, say) from piling up in a queue. Abandoning the iterator (closing
+    it, or an interrupt) cancels the batches not yet started and waits for the running ones: killing a worker
+    mid-reply, as ``multiprocessing.Pool.terminate`` does, can leave half a message in the result pipe and hang
+    the reader forever. A worker that dies raises WorkerDied rather than hanging."""
     if workers <= 1:
         yield from map(function, batches)
         return
     in_flight: collections.deque[Future[Result]] = collections.deque()
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)) \
-            as pool:
-        try:
-            for batch in batches:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        for batch in batches:
+            with interrupts_held():
                 in_flight.append(pool.submit(function, batch))
-                if len(in_flight) >= workers * WINDOW_PER_WORKER:
-                    yield _result(in_flight.popleft())
-            while in_flight:
+            if len(in_flight) >= workers * WINDOW_PER_WORKER:
                 yield _result(in_flight.popleft())
-        finally:
-            for future in in_flight:
-                future.cancel()
+        while in_flight:
+            yield _result(in_flight.popleft())
+    finally:
+        with interrupts_held():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then hand the first one to the handler that was in place.
+
+    The pool's own bookkeeping is not safe to interrupt: a KeyboardInterrupt raised half-way through ``submit``
+    (which forks the workers) can leave a worker the pool does not know of, and the interpreter's exit then waits
+    for it forever. Waiting for a result is safe to interrupt, so it is not held: Ctrl-C never waits on a slow
+    file. Handlers can only be swapped on the main thread; elsewhere the block runs unheld."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for number in _HELD:
+            previous[number] = signal.signal(number, lambda number, frame: caught.append(number))
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def die_with_parent(parent: int) -> None:

@@ -6,6 +6,7 @@ embedded faces' factors, or else from the --labels CSV.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import hashlib
 import os
@@ -243,9 +244,10 @@ def run(params: PrepareParams, inputs: dict[str, Path], out_dir: Path, context: 
             RowSpool(out_dir / _GRAY_SPOOL, (side, side), np.uint8) as gray:
         collected = _Collected(color, gray)
         try:
-            _collect(images, collected, context,
-                     None if params.source else (params.count or EMBEDDED_FACES),
-                     "decoding images" if params.source else "drawing faces")
+            with contextlib.closing(images):  # an interrupt stops the decode pool here, not at interpreter exit
+                _collect(images, collected, context,
+                         None if params.source else (params.count or EMBEDDED_FACES),
+                         "decoding images" if params.source else "drawing faces")
         except WorkerDied as error:
             raise StageError(str(error)) from None
         skipped = collected.skipped

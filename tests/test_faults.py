@@ -129,6 +129,29 @@ def test_sigterm_is_handled_like_ctrl_c_with_one_line_and_nothing_kept(tmp_path)
     assert list((outputs / "prepare").glob(".staging-*")) == []
 
 
+def test_an_interrupt_that_python_drops_in_a_finalizer_is_raised_again():
+    """Python drops what a finalizer or a fork hook raises; a SIGTERM landing there once let prepare run on to the
+    end (3 of 20 tries, in logging's after-fork hook). The CLI raises such an interrupt again at the next step."""
+    from pipeline import cli
+
+    class RaisesWhenFinalized:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    before = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    reached_the_end = False
+    try:
+        cli.main.callback()
+        with pytest.raises(KeyboardInterrupt):
+            RaisesWhenFinalized()  # finalized at once; its KeyboardInterrupt is dropped
+            time.sleep(5)  # the interrupt comes back within milliseconds
+            reached_the_end = True
+    finally:
+        sys.unraisablehook = before[0]
+        signal.signal(signal.SIGTERM, before[1])
+    assert not reached_the_end
+
+
 def test_a_forked_child_of_a_dead_command_does_not_hold_the_cache_lock(tmp_path):
     """The command holds the lock, forks a child that lingers, then dies by kill -9: the lock is free at once."""
     holder = subprocess.run([sys.executable, "-c", f"""

@@ -1,12 +1,13 @@
 """Specification of stages.parallel: an ordered process-pool map that a caller can abandon, and that never hangs."""
 
 import os
+import signal
 import time
 
 import numpy as np
 import pytest
 
-from stages.parallel import WorkerDied, chunked, map_in_order
+from stages.parallel import WorkerDied, chunked, interrupts_held, map_in_order
 
 
 def noisy_block(seed: int) -> np.ndarray:
@@ -53,3 +54,28 @@ def test_one_worker_runs_in_process():
 def test_batched_keeps_every_item_once():
     assert list(chunked(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(chunked([], 3)) == []
+
+
+class Stopped(Exception):
+    pass
+
+
+def stop(number, frame):
+    raise Stopped(number)
+
+
+def test_a_signal_inside_the_pools_bookkeeping_is_held_until_the_block_ends():
+    """A KeyboardInterrupt half-way through `submit` once left a forked worker the pool did not know, and the exit
+    waited for it forever: the pool's calls are made with SIGINT/SIGTERM held, then handed on."""
+    before = signal.signal(signal.SIGTERM, stop)
+    steps = []
+    try:
+        with pytest.raises(Stopped, match=str(int(signal.SIGTERM))):
+            with interrupts_held():
+                signal.raise_signal(signal.SIGTERM)
+                steps.append("the block went on")
+            steps.append("not reached")
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert steps == ["the block went on"]
