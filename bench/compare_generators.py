@@ -27,6 +27,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.tables import markdown_table  # noqa: E402
+
 COLUMNS = ("c2st", "density", "coverage", "fd", "test_neg_elbo", "diversity", "train_seconds", "epochs",
            "parameters")
 
@@ -42,13 +46,9 @@ def latest(outputs: Path, stage: str) -> Path:
     return (outputs / stage / "latest").resolve()
 
 
-def row(name: str, entry: Path) -> str:
+def row(name: str, entry: Path) -> tuple:
     metrics = json.loads((entry / "metrics.json").read_text())
-    cells = []
-    for column in COLUMNS:
-        value = metrics.get(column)
-        cells.append("–" if value is None else f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
-    return f"| {name} | " + " | ".join(cells) + f" | {entry.parent.name}/{entry.name} |"
+    return (name, *(metrics.get(column) for column in COLUMNS), f"{entry.parent.name}/{entry.name}")
 
 
 def main() -> None:
@@ -67,9 +67,7 @@ def main() -> None:
         pipeline_run(args.outputs, "--stages", "gan", *gan, "--set", f"gan.conditional={args.conditional}")
         rows.append(row(f"GAN conditional on {args.conditional}", latest(args.outputs, "gan")))
     pipeline_run(args.outputs, "--stages", "vae,gan,colorize", *gan)
-    print("| model | " + " | ".join(COLUMNS) + " | entry |")
-    print("|---|" + "---|" * (len(COLUMNS) + 1))
-    print("\n".join(rows))
+    print(markdown_table(("model", *COLUMNS, "entry"), rows))
 
 
 if __name__ == "__main__":

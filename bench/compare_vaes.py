@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.tables import markdown_table  # noqa: E402
 from stages.contract import StageContext  # noqa: E402
 from stages.params import VaeParams  # noqa: E402
 from stages.vae import run  # noqa: E402
@@ -60,14 +61,12 @@ def train(params: VaeParams, prepared: Path, out_dir: Path) -> dict:
     return metrics
 
 
-def row(label: str, sampler: str, metrics: dict) -> str:
+def row(label: str, sampler: str, metrics: dict) -> tuple:
     realism = metrics.get("realism", {}).get(sampler, {})
-    cells = [f"{metrics['test_neg_elbo']:.1f}", f"{metrics.get('neg_elbo_excess', float('nan')):.1f}",
-             f"{metrics['active_dims']}", f"{metrics['recon_psnr']:.2f}",
-             f"{realism.get('c2st', float('nan')):.2f} ± {realism.get('c2st_std', float('nan')):.2f}",
-             f"{realism.get('density', float('nan')):.2f}", f"{realism.get('coverage', float('nan')):.2f}",
-             f"{realism.get('fd', float('nan')):.0f}", f"{metrics['train_seconds']:.1f}"]
-    return f"| {label} ({sampler}) | " + " | ".join(cells) + " |"
+    c2st = f"{realism.get('c2st', float('nan')):.2f} ± {realism.get('c2st_std', float('nan')):.2f}"
+    return (f"{label} ({sampler})", metrics["test_neg_elbo"], metrics.get("neg_elbo_excess"), metrics["active_dims"],
+            metrics["recon_psnr"], c2st, realism.get("density"), realism.get("coverage"), realism.get("fd"),
+            metrics["train_seconds"])
 
 
 def main() -> None:
@@ -85,10 +84,8 @@ def main() -> None:
         n = results["new default"].get("realism", {}).get("prior", {}).get("n", 0)
         print(f"\n### {prepared.name} (entropy floor {results['new default'].get('entropy_floor', float('nan')):.1f} "
               f"nats; judge: {n} samples against {n} real test faces)\n")
-        print("| model (sampler) | " + " | ".join(COLUMNS) + " |")
-        print("|---" * (len(COLUMNS) + 1) + "|")
-        for label, sampler in ROWS:
-            print(row(label, sampler, results[label]))
+        print(markdown_table(("model (sampler)", *COLUMNS),
+                             (row(label, sampler, results[label]) for label, sampler in ROWS)))
         print(f"\nsamples.png of each model: {args.out / prepared.name}/*/samples.png\n", flush=True)
 
 
