@@ -166,13 +166,12 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     gray_train, gray_test, train_index, test_index = open_split(inputs["prepare"], 1, device)
     color_train, color_test, _, _ = open_split(inputs["prepare"], 3, device)
     fitted = fitting_rows(len(train_index), params.seed)  # the rows the statistics and judges are fitted to
-    gray_fit, color_fit = gray_train[fitted], color_train[fitted]
     values, tags = (), None
     if params.condition:
         values, tag_np = read_condition(inputs["prepare"], params.condition)
         tags = torch.from_numpy(tag_np).to(device)
     torch.manual_seed(params.seed)
-    bins, class_weights = ChromaBins.fit(color_fit) if params.loss == "classify" else (None, None)
+    bins, class_weights = ChromaBins.fit(color_train[fitted]) if params.loss == "classify" else (None, None)
     config = ColorizerConfig(arch=params.arch, size=gray_test.shape[-1], exact_luma=params.exact_luma,
                              classes=len(bins.centers) if bins is not None else 0, condition=params.condition,
                              condition_values=values, residual=params.arch == "stacknn" and params.residual)
@@ -189,6 +188,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
 
     tags_test = tags[test_index] if tags is not None else None
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma, tags_test)
+    gray_fit, color_fit = gray_train[fitted], color_train[fitted]  # read after training: not held during it
     baseline_colors = baselines(gray_fit, color_fit, gray_test)
     scored = {name: color_scores(colors, gray_test, color_test) for name, colors in baseline_colors.items()}
     baseline = max(scored, key=lambda name: scored[name]["psnr"])
