@@ -29,8 +29,8 @@ from stages.contract import StageContext, StageError
 from stages.luma import exact_luma, luma_of
 from stages.models import StackNN, apply_colorizer
 from stages.params import ColorizeParams
-from stages.prepared_set import labels_file, load_prepared
-from stages.training import Job, fit, resolve_device, write_training_record
+from stages.prepared_set import fitting_rows, labels_file, open_split
+from stages.training import Job, RowSource, fit, resolve_device, write_training_record
 from stages.viz import save_grid
 
 TEST_GRID = 16
@@ -129,14 +129,15 @@ def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None
     return objective
 
 
-def training_job(model, params: ColorizeParams, train: tuple[torch.Tensor, ...], test: tuple[torch.Tensor, ...],
+def training_job(model, params: ColorizeParams, train: tuple[RowSource, ...], test: tuple[torch.Tensor, ...],
                  class_weights: torch.Tensor | None = None) -> Job:
-    """How the stage trains a colorizer on (gray, color[, tag index]) tensors; bench/train_colorize.py times
+    """How the stage trains a colorizer on (gray, color[, tag index]) rows; bench/train_colorize.py times
     exactly this. `class_weights` are the chroma classes' rebalancing weights of the `classify` loss."""
+    fitted = fitting_rows(len(train[0]), params.seed)  # the average color's rows
     if isinstance(model, AverageColorResidual):
-        model.start_at(train[0], train[1])
+        model.start_at(train[0][fitted], train[1][fitted])
     elif isinstance(model, StackNN):
-        model.start_at(train[1].mean(0))
+        model.start_at(train[1][fitted].mean(0))
     objective = _objective(model, params, class_weights)
 
     def batch_loss(model, x, *rest, noise):
@@ -162,18 +163,16 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
         raise StageError("colorize.loss=classify and colorize.condition work with the conv colorizer only: add "
                          "--set colorize.arch=conv")
     device = resolve_device(context.device)
-    gray_np, train_index, test_index = load_prepared(inputs["prepare"], 1)
-    color_np, _, _ = load_prepared(inputs["prepare"], 3)
-    gray, color = torch.from_numpy(gray_np).to(device), torch.from_numpy(color_np).to(device)
+    gray_train, gray_test, train_index, test_index = open_split(inputs["prepare"], 1, device)
+    color_train, color_test, _, _ = open_split(inputs["prepare"], 3, device)
+    fitted = fitting_rows(len(train_index), params.seed)  # the rows the statistics and judges are fitted to
     values, tags = (), None
     if params.condition:
         values, tag_np = read_condition(inputs["prepare"], params.condition)
         tags = torch.from_numpy(tag_np).to(device)
-    gray_train, color_train = gray[train_index], color[train_index]
-    gray_test, color_test = gray[test_index], color[test_index]
     torch.manual_seed(params.seed)
-    bins, class_weights = ChromaBins.fit(color_train) if params.loss == "classify" else (None, None)
-    config = ColorizerConfig(arch=params.arch, size=gray.shape[-1], exact_luma=params.exact_luma,
+    bins, class_weights = ChromaBins.fit(color_train[fitted]) if params.loss == "classify" else (None, None)
+    config = ColorizerConfig(arch=params.arch, size=gray_test.shape[-1], exact_luma=params.exact_luma,
                              classes=len(bins.centers) if bins is not None else 0, condition=params.condition,
                              condition_values=values, residual=params.arch == "stacknn" and params.residual)
     model = config.build().to(device)
@@ -189,7 +188,8 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
 
     tags_test = tags[test_index] if tags is not None else None
     results = evaluate_colorizer(model, gray_test, color_test, params.exact_luma, tags_test)
-    baseline_colors = baselines(gray_train, color_train, gray_test)
+    gray_fit, color_fit = gray_train[fitted], color_train[fitted]  # read after training: not held during it
+    baseline_colors = baselines(gray_fit, color_fit, gray_test)
     scored = {name: color_scores(colors, gray_test, color_test) for name, colors in baseline_colors.items()}
     baseline = max(scored, key=lambda name: scored[name]["psnr"])
     results["baseline"] = baseline
@@ -206,14 +206,15 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
         colorized = {"conditioned": apply_colorizer(model, gray_test, params.exact_luma, tags_test)[0],
                      "true_color": color_test,
                      "baseline": baseline_colors[baseline]}
-        accuracy = tag_accuracy(color_train, tags[train_index], tags_test, colorized, len(values), params.seed)
+        accuracy = tag_accuracy(color_fit, tags[train_index][fitted], tags_test, colorized, len(values), params.seed)
         results.update({f"{params.condition}_accuracy_{name}": value for name, value in accuracy.items()})
     results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colorfulness gap)"
                                          if params.loss == "mse" else "colorize loss (rebalanced cross-entropy)"))
-    shown = test_index[:TEST_GRID]
-    colored, _ = apply_colorizer(model, gray[shown], params.exact_luma, tags[shown] if tags is not None else None)
-    save_grid(torch.cat([gray[shown].expand(-1, 3, -1, -1), colored, color[shown]]).cpu(), len(shown),
-              out_dir / "test_colorized.png")
+    shown = slice(TEST_GRID)
+    colored, _ = apply_colorizer(model, gray_test[shown], params.exact_luma,
+                                 tags_test[shown] if tags is not None else None)
+    save_grid(torch.cat([gray_test[shown].expand(-1, 3, -1, -1), colored, color_test[shown]]).cpu(),
+              len(colored), out_dir / "test_colorized.png")
     margin = results["psnr_margin"]
     verdict = (f"beats the average-color baseline by {margin:.2f} dB" if margin > 0 else
                f"does not beat the average-color baseline ({-margin:.2f} dB below it)")

@@ -24,7 +24,7 @@ from stages.contract import Figure, StageContext, StageError, StageSkipped, writ
 from stages.luma import luma_uint8
 from stages.models import apply_colorizer, decode_images, encode_means
 from stages.params import ConceptParams
-from stages.prepared_set import load_prepared
+from stages.prepared_set import fitting_rows, image_rows, open_split
 from stages.sources import SourceError, decode_file
 from stages.training import resolve_device
 from stages.viz import save_grid
@@ -73,15 +73,16 @@ def edit_consistency(model, mu: torch.Tensor, vector: torch.Tensor) -> float:
 
 
 def landing_rates(concepts: dict, masks: dict[str, np.ndarray], vae, colorizer, exact: bool, color: torch.Tensor,
-                  train: np.ndarray, starts: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
-    """For factor concepts: share of edited faces (α = LANDING_ALPHA) the pixel classifier assigns to the target."""
+                  shown: np.ndarray, starts: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
+    """For factor concepts: share of edited faces (α = LANDING_ALPHA) the pixel classifier assigns to the target.
+    The classifier learns from `color`, the true color training images at `shown` (indices into the set)."""
     rates = {}
     for factor in LANDING_FACTORS:
         values = sorted(name for name in masks if name.startswith(f"{factor}="))
         if len(values) < 2:
             continue
         label_of = np.stack([masks[v] for v in values]).argmax(0)
-        judge = m.train_pixel_classifier(color[train], torch.from_numpy(label_of[train]).to(color.device),
+        judge = m.train_pixel_classifier(color, torch.from_numpy(label_of[shown]).to(color.device),
                                          len(values), seed)
         for target, name in enumerate(values):
             if name not in concepts:
@@ -109,23 +110,20 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
     device = resolve_device(context.device)
     vae, vae_config = load_vae(inputs["vae"] / MODEL, device)
     colorizer, colorizer_config = load_colorizer(inputs["colorize"] / MODEL, device)
-    images_np, train, test = load_prepared(prepared, vae_config.channels)
-    color_np, _, _ = load_prepared(prepared, 3)
-    images, color = torch.from_numpy(images_np).to(device), torch.from_numpy(color_np).to(device)
+    train_images, test_images, train, test = open_split(prepared, vae_config.channels, device)
     masks = read_tags(labels)
-    with torch.no_grad():
-        mu = encode_means(vae, images)
+    with torch.no_grad():  # (n, Z) codes of each split, encoded a slice at a time
+        mu_train, mu_test = encode_means(vae, train_images), encode_means(vae, test_images)
 
     concepts, starts = {}, {}
     for name, mask in sorted(masks.items()):
         tagged_train, tagged_test = mask[train], mask[test]
         if tagged_train.sum() < params.min_count or (~tagged_train).sum() == 0:
             continue
-        vector = mu[train][torch.from_numpy(tagged_train)].mean(0) - mu[train][torch.from_numpy(~tagged_train)].mean(0)
-        projection = (mu[test] @ vector).cpu().numpy()
+        vector = mu_train[torch.from_numpy(tagged_train)].mean(0) - mu_train[torch.from_numpy(~tagged_train)].mean(0)
+        projection = (mu_test @ vector).cpu().numpy()
         auc = roc_auc(projection, tagged_test) if 0 < tagged_test.sum() < len(test) else None  # JSON null
-        untagged = test[~tagged_test][:params.rows]
-        start = mu[untagged]
+        start = mu_test[torch.from_numpy(~tagged_test)][:params.rows]
         with torch.no_grad():
             edits = decode_images(vae, (start[:, None] + torch.tensor(ALPHAS, device=device)[None, :, None] * vector)
                             .flatten(0, 1))
@@ -144,8 +142,9 @@ def run(params: ConceptParams, inputs: dict[str, Path], out_dir: Path, context: 
 
     landing = {}
     if prepared_set.read_info(prepared).embedded:
-        landing = landing_rates(concepts, masks, vae, colorizer, colorizer_config.exact_luma, color, train,
-                                starts, params.seed)
+        shown = train[fitting_rows(len(train), params.seed)]
+        landing = landing_rates(concepts, masks, vae, colorizer, colorizer_config.exact_luma,
+                                image_rows(prepared, 3, device, shown)[:], shown, starts, params.seed)
     for name, rate in landing.items():
         concepts[name]["landing_rate"] = rate
 

@@ -31,7 +31,8 @@ class World:
 
     def rows(self, count: int) -> slice:
         """This rank's contiguous part of a global batch of ``count`` rows: parts differ by at most one row,
-        together they cover every row once, in order."""
+        together they cover every row once, in order. A batch with fewer rows than ranks leaves some ranks an
+        empty slice; their losses must count for nothing (stages.training.rank_share)."""
         start = self.rank * count // self.size
         return slice(start, (self.rank + 1) * count // self.size)
 

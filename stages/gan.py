@@ -20,7 +20,7 @@ from stages.checkpoints import MODEL, GanConfig, save_model
 from stages.contract import StageContext, StageError
 from stages.gan_training import GanJob, train_gan
 from stages.params import GanParams
-from stages.prepared_set import labels_file, load_prepared
+from stages.prepared_set import labels_file, open_split
 from stages.training import resolve_device
 from stages.vae_outputs import GeneratedImages, write_generated
 from stages.viz import save_grid, save_loss_chart
@@ -117,22 +117,21 @@ def write_grids(generator, noise_dim: int, classes: list[str], device: torch.dev
 
 def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
     device = resolve_device(context.device)
-    images_np, train_index, test_index = load_prepared(inputs["prepare"], params.channels)
     classes: list[str] = []
-    labels = None
+    class_of = None
     if params.conditional:
         class_of, classes = read_classes(inputs["prepare"], params.conditional)
-        train_index = train_index[class_of[train_index] >= 0]  # untagged faces cannot be conditioned on
-        labels = torch.from_numpy(class_of[train_index]).to(device)
+    tagged = None if class_of is None else class_of >= 0  # untagged faces cannot be conditioned on
+    train, test, train_index, _ = open_split(inputs["prepare"], params.channels, device, keep=tagged)
+    labels = None if class_of is None else torch.from_numpy(class_of[train_index]).to(device)
     if len(train_index) == 0:
         raise StageError("the prepared set has no training images to train the GAN on: prepare more images")
-    images = torch.from_numpy(images_np).to(device)
-    size = images.shape[-1]
+    size = test.shape[-1]
     config = GanConfig(params.arch, size, params.channels, params.noise_dim, params.width, tuple(classes),
                        params.spectral_norm)
     torch.manual_seed(params.seed)
     generator, discriminator = (network.to(device) for network in config.build_pair())
-    job = GanJob(generator, discriminator, images[train_index] * 2 - 1, labels, params.noise_dim, params.epochs,
+    job = GanJob(generator, discriminator, train, labels, params.noise_dim, params.epochs,
                  params.batch_size, params.lr, params.seed)
     history = train_gan(job, context, device)
     if not distributed.world().main:
@@ -144,14 +143,14 @@ def run(params: GanParams, inputs: dict[str, Path], out_dir: Path, context: Stag
                      "D(fake)": history.d_fake}, out_dir / "loss.png", "GAN losses and D's mean P(real) per epoch")
     samples = write_grids(generator, params.noise_dim, classes, device, out_dir)
 
-    spread = diversity(samples, images[test_index])
+    spread = diversity(samples, test)
     results = {"diversity": spread, "train_seconds": round(history.seconds, 2), "epochs": len(history.g_loss),
                "images_per_second": round(history.images / max(history.seconds, 1e-9), 1),
                "parameters": sum(p.numel() for p in generator.parameters()),
                "discriminator_parameters": sum(p.numel() for p in discriminator.parameters()),
                "final_d_real": history.d_real[-1], "final_d_fake": history.d_fake[-1],
                "world_size": history.world_size, "global_batch": history.global_batch}
-    real = images[test_index][:judge.REAL_IMAGES]
+    real = test[:judge.REAL_IMAGES]
     if len(real) >= judge.MIN_IMAGES:
         realism = judged(generator, params.noise_dim, classes, real, params.seed)
         results.update(c2st=realism["c2st"], c2st_std=realism["c2st_std"], density=realism["density"],

@@ -4,11 +4,12 @@ The loss is the chapter's: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0); G minimis
 non-saturating form (Goodfellow et al. 2014, section 3), whose gradient does not vanish while D still wins.
 Spectral norm in D (Miyato et al. 2018) is the stabiliser, built into the models (stages/gan_models.py).
 
-Speed on a small CPU, as in stages/training.py: the training set is one tensor, batches are index slices of a
-seeded permutation, Adam is fused, and real and fake images go through D in one forward pass (D has no
-BatchNorm, so sharing the pass changes nothing but the number of kernel launches). All randomness comes from
-one seeded torch.Generator saved with each checkpoint (at an epoch's end, as often as costs under 5% of the time), so
-an interrupted run resumes from the last one exactly as if it had not stopped.
+Speed on a small CPU, as in stages/training.py: the training set is one tensor (or, bigger than memory, rows
+read from its file a batch at a time), batches are index slices of a seeded permutation, Adam is fused, and real
+and fake images go through D in one forward pass (D has no BatchNorm, so sharing the pass changes nothing but the
+number of kernel launches). All randomness comes from one seeded torch.Generator saved with each checkpoint (at
+an epoch's end, as often as costs under 5% of the time), so an interrupted run resumes from the last one exactly
+as if it had not stopped.
 
 Under torchrun (stages/distributed.py) G and D are each wrapped in DistributedDataParallel and each rank trains on
 its own rows of every global batch of `batch_size` real images, with the noise (and fake labels) one process would
@@ -30,7 +31,8 @@ from torch.nn import functional as F
 
 from stages import distributed
 from stages.contract import StageContext, StageError
-from stages.training import CHECKPOINT, Noise, across_ranks, load_checkpoint, save_checkpoint, summed_over_ranks
+from stages.training import (CHECKPOINT, Noise, RowSource, across_ranks, load_checkpoint, rank_share,
+                             save_checkpoint, summed_over_ranks)
 
 _CHECKPOINT_OVERHEAD = 0.05  # at most this fraction of training time goes into writing resume checkpoints
 _RESUME_STATE = {"generator", "discriminator", "opt_g", "opt_d", "random", "dropout_random", "history"}
@@ -60,7 +62,7 @@ class GanHistory:
 class GanJob:
     generator: torch.nn.Module
     discriminator: torch.nn.Module
-    real: torch.Tensor  # (N, C, S, S) training images in [-1, 1], on the device
+    real: RowSource  # (N, C, S, S) training images in [0, 1]; D sees them in [-1, 1], G's range
     labels: torch.Tensor | None  # (N,) class indices for a conditional GAN, else None
     noise_dim: int
     epochs: int
@@ -115,7 +117,7 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
     """Train G and D in place for `job.epochs`, resuming from `context.resume_dir` if a checkpoint exists.
     Under torchrun every rank calls this and gets the same networks and history."""
     here = distributed.world()
-    generator, discriminator, count = job.generator, job.discriminator, job.real.shape[0]
+    generator, discriminator, count = job.generator, job.discriminator, len(job.real)
     g_trained, d_trained = across_ranks(generator, device), across_ranks(discriminator, device)
     opt_g, opt_d = adam(generator, job.lr), adam(discriminator, job.lr)
     random = torch.Generator(device=device).manual_seed(job.seed)
@@ -154,10 +156,10 @@ def train_gan(job: GanJob, context: StageContext, device: torch.device) -> GanHi
                 labels = None if job.labels is None else job.labels[mine]
                 fake_labels = None if labels is None else torch.randint(classes, (len(index),), generator=random,
                                                                          device=device)[rows]
-                stats = gan_step(g_trained, d_trained, opt_g, opt_d, job.real[mine], labels, z, fake_labels,
+                stats = gan_step(g_trained, d_trained, opt_g, opt_d, job.real[mine] * 2 - 1, labels, z, fake_labels,
                                  share * here.size)
-                for name, value in stats.items():  # a rank left no rows by a short last batch adds nothing
-                    sums[name] = sums[name] + (value * share if share else 0.0)
+                for name, value in stats.items():
+                    sums[name] = sums[name] + rank_share(value, share)
             totals = summed_over_ranks({name: float(total) for name, total in sums.items()}, here, device)
             means = {name: total / steps_per_epoch for name, total in totals.items()}
             if not (math.isfinite(means["g_loss"]) and math.isfinite(means["d_loss"])):

@@ -39,6 +39,7 @@ DATASET = "dataset.json"
 # Float32 bytes of a set that stages hold whole on the device; a bigger one is read a batch at a time (ImageRows).
 # A machine setting, not a result: both ways train the same weights. PIPELINE_RESIDENT_BYTES overrides it.
 RESIDENT_BYTES = 2**30
+FIT_IMAGES = 20_000  # training images a whole-split statistic or judge is fitted to, at most (fitting_rows)
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,37 @@ def load_prepared(folder: Path, channels: int) -> tuple[np.ndarray, np.ndarray, 
     return _scaled(pixels), train, test
 
 
-def open_split(folder: Path, channels: int,
-               device: torch.device) -> tuple[torch.Tensor | ImageRows, torch.Tensor, np.ndarray, np.ndarray]:
+def open_split(folder: Path, channels: int, device: torch.device, keep: np.ndarray | None = None
+               ) -> tuple[torch.Tensor | ImageRows, torch.Tensor, np.ndarray, np.ndarray]:
     """(train, test, train_index, test_index) for the requested channels: test is an (n, C, S, S) float32 tensor
     in [0,1] on `device` (evaluation needs all of it, and it is the small part); train is one too when it fits in
     the resident budget (RESIDENT_BYTES of float32), else ImageRows, which reads its rows from the file a batch at
     a time: the same values, in bounded memory. Both are read as ImageRows read: gathering the test rows through
-    the memory map would make the whole file resident, since they lie everywhere in it."""
+    the memory map would make the whole file resident, since they lie everywhere in it. `keep`, a boolean mask
+    over the set's images, leaves out the training images it marks False (train_index is then the kept ones)."""
     pixels, train_index, test_index = _open(folder, channels)
-    path = folder / (GRAY if channels == 1 else COLOR)
-    train = ImageRows(path, device, train_index)
+    if keep is not None:
+        train_index = train_index[keep[train_index]]
+    train = image_rows(folder, channels, device, train_index)
     if len(train_index) * 4 * math.prod(pixels.shape[1:]) <= resident_bytes():
         train = train[:]
-    return train, ImageRows(path, device, test_index)[:], train_index, test_index
+    return train, image_rows(folder, channels, device, test_index)[:], train_index, test_index
+
+
+def image_rows(folder: Path, channels: int, device, rows: np.ndarray | None = None) -> ImageRows:
+    """The images at `rows` (all by default) of the set in `folder`, gray (channels 1) or color (3), read on demand."""
+    return ImageRows(folder / (GRAY if channels == 1 else COLOR), device, rows)
+
+
+def fitting_rows(count: int, seed: int) -> slice | np.ndarray:
+    """Which of a training split's `count` rows a whole-split statistic or judge is fitted to (the average color,
+    the baselines, the chroma bins, pixel classifiers): all of them, as a slice (a resident tensor gives a view),
+    up to FIT_IMAGES; above that a seeded sample of FIT_IMAGES, in ascending order. Such fits take their rows at
+    once, and a split bigger than memory cannot be held; FIT_IMAGES estimate a mean color or fit a linear judge
+    as well as the whole split would, so every set up to that size fits on all of its rows, as before."""
+    if count <= FIT_IMAGES:
+        return slice(None)
+    return np.sort(np.random.default_rng(seed).choice(count, FIT_IMAGES, replace=False))
 
 
 def resident_bytes() -> int:

@@ -55,7 +55,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=8, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        name="colorize", version=9, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),
@@ -73,7 +73,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="the VAE's samples, interpolations, traversals and reconstructions colored by the colorizer",
     ),
     StageSpec(
-        name="concepts", version=3, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
+        name="concepts", version=4, params=ConceptParams, upstream=("prepare", "vae", "colorize"),
         run="stages.concepts:run", edit="stages.concepts:edit_picture", describe=lambda p: f"min{p.min_count}",
         skip_reason=_nothing_to_color,
         summary="latent concept vectors for the set's tags (hair=blonde, direction=left, ...), their checks and "

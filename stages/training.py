@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -97,13 +97,21 @@ class Noise:
         return torch.randn(self.batch, *shape, generator=self.generator, device=self.device)[self.rows]
 
 
+class RowSource(Protocol):
+    """Training rows indexed along dim 0: a tensor on the device, or rows read from their file a batch at a time
+    (stages.prepared_set.ImageRows). Either way ``source[index tensor]`` is a tensor of those rows on the device."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class Job:
     """One training run: the model, its data, and how to compute a batch's loss."""
 
     model: torch.nn.Module
-    # indexed together along dim 0: tensors on the device, or row sources whose [index tensor] is one (ImageRows)
-    train_data: tuple[torch.Tensor, ...]
+    train_data: tuple[RowSource, ...]  # indexed together along dim 0
     batch_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (model, *rows, noise: Noise) -> mean loss, stats
     evaluate: Callable[[torch.nn.Module], dict[str, float]]  # -> {"loss": test loss, ...}, called per epoch
     epochs: int
@@ -204,18 +212,17 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 share = (rows.stop - rows.start) / len(index)  # of the global batch: weights this rank's mean
                 noise = Noise(len(index), rows, generator, device)
                 loss, stats = job.batch_loss(trained, *(t[index[rows]] for t in job.train_data), noise=noise)
-                if rows.start == rows.stop:  # a last batch with fewer rows than ranks left this rank none: it
-                    loss, stats = loss.nan_to_num(0.0), {}  # still joins the step (DDP), adding nothing
-                if not torch.isfinite(loss):
+                part = rank_share(loss, share)
+                if not torch.isfinite(part):
                     raise StageError(f"{job.label}: the loss became {loss.item()} at epoch {epoch + 1}; training "
                                      "stopped and nothing was saved. Lower the learning rate (--set "
                                      f"{job.label}.lr=...) and run again")
                 optimizer.zero_grad(set_to_none=True)
-                (loss * (share * here.size)).backward()  # DDP averages over ranks: the global batch's mean
+                (part * here.size).backward()  # DDP averages over ranks: the global batch's mean
                 optimizer.step()
                 schedule.step()
                 for name, value in {"loss": loss.item(), **stats}.items():
-                    sums[name] = sums.get(name, 0.0) + value * share * len(index)
+                    sums[name] = sums.get(name, 0.0) + rank_share(value, share) * len(index)
             sums = summed_over_ranks(sums, here, device)
             history.seconds += time.perf_counter() - started
             history.images += count
@@ -248,6 +255,17 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
     model.eval()
     history.world_size, history.global_batch = here.size, job.batch_size
     return history
+
+
+def rank_share(value, share: float):
+    """`value`, a rank's mean over its rows of a global batch (a loss tensor or a float), times `share`, those
+    rows' fraction of the batch: the ranks' parts add up to the batch's mean. A last batch with fewer rows than
+    ranks leaves some rank none (World.rows, share 0), whose mean over nothing is NaN: its part is 0, and for a
+    tensor a 0 still joined to its graph, so that rank's backward joins DistributedDataParallel's gradient
+    averaging (which every rank must) and adds nothing to it."""
+    if share:
+        return value * share
+    return value.nan_to_num(0.0) * 0.0 if isinstance(value, torch.Tensor) else 0.0
 
 
 def summed_over_ranks(sums: dict[str, float], here: distributed.World, device: torch.device) -> dict[str, float]:

@@ -19,7 +19,7 @@ from stages.contract import Figure, StageContext, StageError, write_figures
 from stages.luma import luma_of
 from stages.models import apply_colorizer
 from stages.params import NoParams
-from stages.prepared_set import load_prepared
+from stages.prepared_set import image_rows
 from stages.training import resolve_device
 from stages.viz import save_grid
 
@@ -83,7 +83,7 @@ def _color_vae_extras(model, exact: bool, gray: vae_outputs.VaeOutputs, prepared
     save_grid(traversal.flatten(0, 1), traversal.shape[1], out_dir / "traversal_color.png", gray.traversal_labels)
     originals, reconstructions = gray.reconstructions
     colored = _color_array(model, reconstructions, exact, device)
-    truth = torch.from_numpy(load_prepared(prepared, 3)[0][gray.reconstruction_indices])
+    truth = image_rows(prepared, 3, "cpu", gray.reconstruction_indices)[:]
     rows = [torch.from_numpy(originals).expand(-1, 3, -1, -1), torch.from_numpy(reconstructions).expand(-1, 3, -1, -1),
             colored, truth]
     save_grid(torch.cat(rows), len(truth), out_dir / "reconstructions_color.png")

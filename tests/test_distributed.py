@@ -238,7 +238,7 @@ def tiny_gan_weights(resume_dir: Path) -> dict[str, torch.Tensor]:
 
     torch.manual_seed(0)
     generator, discriminator = TinyGenerator(), TinyDiscriminator()
-    real = torch.rand(22, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    real = torch.rand(22, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     job = GanJob(generator, discriminator, real, torch.arange(22) % 3, noise_dim=5, epochs=2, batch_size=7,
                  lr=1e-2, seed=0)
     history = train_gan(job, QuietContext(resume_dir), torch.device("cpu"))

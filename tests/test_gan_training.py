@@ -31,8 +31,9 @@ class QuietContext:
 
 
 def faces(count: int = 24, size: int = 12) -> torch.Tensor:
-    """Distinct bright squares on dark ground, in [-1, 1]: something a GAN can start to learn in a few steps."""
-    images = -torch.ones(count, 1, size, size)
+    """Distinct bright squares on dark ground, in [0, 1] as the prepared set holds them: something a GAN can
+    start to learn in a few steps."""
+    images = torch.zeros(count, 1, size, size)
     for i in range(count):
         top, left = i % (size - 4), (3 * i) % (size - 4)
         images[i, :, top:top + 4, left:left + 4] = 1.0
@@ -64,13 +65,14 @@ def test_one_step_moves_discriminator_towards_telling_real_from_fake():
     generator, discriminator = given.generator, given.discriminator
     opt_g, opt_d = adam(generator, 2e-3), adam(discriminator, 2e-3)
     z = torch.randn(24, 8, generator=torch.Generator().manual_seed(1))
+    real = given.real * 2 - 1  # as D sees the training images: in G's range
     with torch.no_grad():
-        before = discriminator(given.real) - discriminator(generator(z))
+        before = discriminator(real) - discriminator(generator(z))
 
-    stats = [gan_step(generator, discriminator, opt_g, opt_d, given.real, None, z, None) for _ in range(5)]
+    stats = [gan_step(generator, discriminator, opt_g, opt_d, real, None, z, None) for _ in range(5)]
 
     with torch.no_grad():
-        after = discriminator(given.real) - discriminator(generator(z))
+        after = discriminator(real) - discriminator(generator(z))
     assert after.mean() > before.mean()
     assert 0 < stats[-1]["d_real"] < 1 and 0 < stats[-1]["d_fake"] < 1
 
