@@ -127,7 +127,7 @@ def _stage_columns(cache: Cache, comparison: Comparison) -> list:
 
 def _variant_columns(cache: Cache, comparison: Comparison) -> list:
     """One column per combination of the `variants` parameters' values: the newest entry of the stage with it
-    that read the prepared set its latest entry read, named by those values (`conv classify`)."""
+    that read the prepared set its latest entry read, named by those values (`conv classify`, `stacknn mse hair`)."""
     stage = comparison.columns[0][0]
     latest = cache.latest(stage)
     if latest is None:
@@ -135,7 +135,8 @@ def _variant_columns(cache: Cache, comparison: Comparison) -> list:
     source = latest.upstream.get(registry.SOURCE_STAGE)
     models = {}
     for manifest in cache.entries(stage):  # newest first
-        name = " ".join(str(manifest.params.get(p)) for p in comparison.variants)
+        values = (manifest.params.get(p) for p in comparison.variants)
+        name = " ".join(str(value) for value in values if value not in ("", None))  # an unset option: no word
         if manifest.upstream.get(registry.SOURCE_STAGE) == source and name not in models:
             models[name] = [(f"{stage}/{manifest.entry}", manifest)]
     return list(models.items()) if len(models) > 1 else []

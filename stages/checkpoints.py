@@ -44,7 +44,7 @@ class ColorizerConfig:
     def build(self) -> torch.nn.Module:
         conditions = len(self.condition_values) + 1 if self.condition else 0
         network = build_colorizer(self.arch, self.size, self.classes, conditions)
-        return AverageColorResidual(network, self.size) if self.residual else network
+        return AverageColorResidual(network, self.size, conditions) if self.residual else network
 
 
 @dataclass(frozen=True)

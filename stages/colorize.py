@@ -30,6 +30,7 @@ from stages.luma import exact_luma, luma_of
 from stages.models import StackNN, apply_colorizer
 from stages.params import ColorizeParams
 from stages.prepared_set import fitting_rows, labels_file, open_split
+from stages.tag_judge import judged_tags, train_tag_judge
 from stages.training import Job, RowSource, fit, resolve_device, write_training_record
 from stages.viz import save_grid
 
@@ -96,15 +97,19 @@ def read_condition(prepared: Path, column: str) -> tuple[tuple[str, ...], np.nda
 
 
 def tag_accuracy(color_train: torch.Tensor, tags_train: torch.Tensor, tags_test: torch.Tensor,
-                 colorized: dict[str, torch.Tensor], classes: int, seed: int) -> dict[str, float]:
-    """How often a pixel classifier trained on true-color training faces reads each test face's true tag back
-    from it: name -> accuracy over the tagged test faces."""
+                 colorized: dict[str, torch.Tensor], values: tuple[str, ...], seed: int) -> tuple[dict, dict]:
+    """How often the tag judge (stages.tag_judge), trained on the tagged true-color training faces, reads each
+    tagged test face's true tag back from each of `colorized` (name -> its test colors, "true_color" among them):
+    (name -> accuracy, {tag value: {name: accuracy, "test_faces": count}})."""
     tagged = tags_train > 0
-    judge = m.train_pixel_classifier(color_train[tagged], tags_train[tagged] - 1, classes, seed)
+    reader = train_tag_judge(color_train[tagged], tags_train[tagged] - 1, len(values), seed)
     shown = tags_test > 0
-    with torch.no_grad():
-        return {name: (judge(color[shown].flatten(1)).argmax(1) == tags_test[shown] - 1).float().mean().item()
-                for name, color in colorized.items()}
+    truth = tags_test[shown] - 1
+    hits = {name: judged_tags(reader, color[shown]) == truth for name, color in colorized.items()}
+    by_tag = {value: {"test_faces": int((truth == i).sum()),
+                      **{name: hit[truth == i].float().mean().item() for name, hit in hits.items()}}
+              for i, value in enumerate(values) if (truth == i).any()}
+    return {name: hit.float().mean().item() for name, hit in hits.items()}, by_tag
 
 
 def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None):
@@ -121,11 +126,11 @@ def _objective(model, params: ColorizeParams, class_weights: torch.Tensor | None
         def objective(trained, noisy, gray, target, *tags):
             return colorize_loss(color_from(gray, model.chroma(trained(noisy, *tags, raw=True))), target, gray, params)
     elif isinstance(model, AverageColorResidual):  # the average color of the clean gray, the net reads the noisy
-        def objective(trained, noisy, gray, target):
-            return colorize_loss(trained(noisy, gray), target, gray, params)
+        def objective(trained, noisy, gray, target, *tags):
+            return colorize_loss(trained(noisy, *tags, clean=gray), target, gray, params)
     else:
-        def objective(trained, noisy, gray, target):
-            return colorize_loss(trained(noisy), target, gray, params)
+        def objective(trained, noisy, gray, target, *tags):
+            return colorize_loss(trained(noisy, *tags), target, gray, params)
     return objective
 
 
@@ -135,7 +140,7 @@ def training_job(model, params: ColorizeParams, train: tuple[RowSource, ...], te
     exactly this. `class_weights` are the chroma classes' rebalancing weights of the `classify` loss."""
     fitted = fitting_rows(len(train[0]), params.seed)  # the average color's rows
     if isinstance(model, AverageColorResidual):
-        model.start_at(train[0][fitted], train[1][fitted])
+        model.start_at(*(rows[fitted] for rows in train))
     elif isinstance(model, StackNN):
         model.start_at(train[1][fitted].mean(0))
     objective = _objective(model, params, class_weights)
@@ -159,9 +164,8 @@ def training_job(model, params: ColorizeParams, train: tuple[RowSource, ...], te
 
 
 def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context: StageContext) -> dict:
-    if params.arch == "stacknn" and (params.loss != "mse" or params.condition):
-        raise StageError("colorize.loss=classify and colorize.condition work with the conv colorizer only: add "
-                         "--set colorize.arch=conv")
+    if params.arch == "stacknn" and params.loss != "mse":
+        raise StageError("colorize.loss=classify works with the conv colorizer only: add --set colorize.arch=conv")
     device = resolve_device(context.device)
     gray_train, gray_test, train_index, test_index = open_split(inputs["prepare"], 1, device)
     color_train, color_test, _, _ = open_split(inputs["prepare"], 3, device)
@@ -202,12 +206,16 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
                                        None if tags_test is None else tags_test[:len(real)])[0]
         results["c2st"] = judge.realism(colored_test, real, seed=params.seed)["c2st"]
         results["baseline_c2st"] = judge.realism(baseline_colors[baseline][:len(real)], real, seed=params.seed)["c2st"]
-    if tags is not None:
+    accuracy = None
+    if tags is not None and (tags[train_index] > 0).any() and (tags_test > 0).any():
         colorized = {"conditioned": apply_colorizer(model, gray_test, params.exact_luma, tags_test)[0],
+                     "no_tag": apply_colorizer(model, gray_test, params.exact_luma, torch.zeros_like(tags_test))[0],
                      "true_color": color_test,
                      "baseline": baseline_colors[baseline]}
-        accuracy = tag_accuracy(color_fit, tags[train_index][fitted], tags_test, colorized, len(values), params.seed)
+        accuracy, by_tag = tag_accuracy(color_fit, tags[train_index][fitted], tags_test, colorized, values,
+                                        params.seed)
         results.update({f"{params.condition}_accuracy_{name}": value for name, value in accuracy.items()})
+        results[f"{params.condition}_accuracy_by_tag"] = by_tag
     results.update(write_training_record(out_dir, history, model, "colorize loss (MSE terms + colorfulness gap)"
                                          if params.loss == "mse" else "colorize loss (rebalanced cross-entropy)"))
     shown = slice(TEST_GRID)
@@ -224,5 +232,8 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
                            f"{results['luma_mse']:.5f}, colorfulness ratio {results['colorfulness_ratio']:.2f}, "
                            + (f"C2ST {results['c2st']:.2f} against {results['baseline_c2st']:.2f}, "
                               if "c2st" in results else "")
+                           + (f"{params.condition} read back from {accuracy['conditioned']:.0%} of the colored test "
+                              f"faces (true colors {accuracy['true_color']:.0%}, no tag {accuracy['no_tag']:.0%}, "
+                              f"baseline {accuracy['baseline']:.0%}), " if accuracy else "")
                            + f"{results['images_per_second']:.0f} img/s")
     return results

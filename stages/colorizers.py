@@ -20,6 +20,8 @@ REBALANCE_MIX = 0.5  # λ of Zhang et al.: weights ∝ 1 / ((1 - λ)·p̃ + λ/Q
 REBALANCE_SIGMA = 1.25  # Gaussian smoothing of the bin frequencies, in bins (Zhang: σ=5 at their 10-unit bins)
 READOUT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean: between the mean (T=1, sepia) and the mode (T→0, noisy)
 LUMA_BINS = 32  # gray levels of the per-luma baseline
+TAG_CHANNELS = 8  # width of a conditioned colorizer's learned tag embedding, given to every pixel
+MIN_TAG_IMAGES = 8  # training images a tag needs for an average color of its own
 
 
 def chroma_of(color: torch.Tensor) -> torch.Tensor:
@@ -76,23 +78,58 @@ class AverageColorResidual(nn.Module):
     then fixed) plus the network's output - 0.5, so a sigmoid network at 0.5 paints exactly that average.
 
     Color from gray is ambiguous, so the average is a strong start (the baselines the stage reports are two
-    halves of it); the network is unchanged and spends its few optimiser steps on the rest."""
+    halves of it); the network is unchanged and spends its few optimiser steps on the rest. Conditioned on a
+    tag with `conditions` values, the average is that of the training images with the image's tag (index 0, no
+    tag, and tags with under MIN_TAG_IMAGES images: the average of all), so a known hair color is painted from
+    the first step."""
 
-    def __init__(self, net: nn.Module, size: int):
+    def __init__(self, net: nn.Module, size: int, conditions: int = 0):
         super().__init__()
         self.net = net
         self.prior = LumaBaseline(size=size)
+        self.tag_priors = nn.ModuleList(LumaBaseline(size=size) for _ in range(conditions))
 
     @torch.no_grad()
-    def start_at(self, gray: torch.Tensor, color: torch.Tensor) -> None:
-        """Fit the average color to training (N, 1, S, S) gray and (N, 3, S, S) color; the net starts at 0.5."""
+    def start_at(self, gray: torch.Tensor, color: torch.Tensor, tags: torch.Tensor | None = None) -> None:
+        """Fit the average colors to training (N, 1, S, S) gray, (N, 3, S, S) color [and (N,) tag indices];
+        the net starts at 0.5."""
         self.prior.fit(gray, color)
+        for index, prior in enumerate(self.tag_priors):
+            chosen = tags == index
+            if index and int(chosen.sum()) >= MIN_TAG_IMAGES:
+                prior.fit(gray[chosen], color[chosen])
+            else:
+                prior.load_state_dict(self.prior.state_dict())
         self.net.start_at(torch.full_like(color[0], 0.5))
 
-    def forward(self, gray: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
+    def average(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, S, S) gray [, (B,) tag indices] -> (B, 3, S, S) the average color the network adds to."""
+        if not len(self.tag_priors):
+            return self.prior(gray)
+        if condition is None:
+            condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+        color = torch.empty(len(gray), 3, *gray.shape[-2:], dtype=gray.dtype, device=gray.device)
+        for index in condition.unique().tolist():
+            chosen = condition == index
+            color[chosen] = self.tag_priors[index](gray[chosen])
+        return color
+
+    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None,
+                clean: torch.Tensor | None = None) -> torch.Tensor:
         """`clean`: the gray to look the average color up in when `gray` is a noisy copy (training), so the
         network learns the difference from the average it will be added to at test time."""
-        return self.prior(gray if clean is None else clean) + self.net(gray) - 0.5
+        network = self.net(gray) if not len(self.tag_priors) else self.net(gray, condition)
+        return self.average(gray if clean is None else clean, condition) + network - 0.5
+
+
+def with_tag_channels(gray: torch.Tensor, embedding: nn.Embedding, condition: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, S, S) gray and (B,) tag indices -> (B, 1 + E, S, S): each image's tag embedding as E more input
+    channels, the same at every pixel, so the tag reaches every pixel from the first layer on. No tags given
+    reads as index 0, "no tag", which a conditioned colorizer learns from the untagged training images."""
+    if condition is None:
+        condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+    tag = embedding(condition)[:, :, None, None].expand(-1, -1, *gray.shape[-2:])  # (B, E, S, S)
+    return torch.cat([gray, tag.to(gray)], 1)
 
 
 def _luma_bin(gray: torch.Tensor, bins: int) -> torch.Tensor:
@@ -165,15 +202,17 @@ class GlobalUNet(nn.Module):
 
     The global branch average-pools the bottleneck into one vector, mixes it (with a one-hot tag, if
     conditioned) through a small MLP and adds it to every bottleneck position, so a pixel's color can depend on
-    the whole face (hair hue is one choice for the whole head). The head predicts chroma: two values (`mse`)
-    or logits over the chroma bins (`classify`, read out by `bins`). Either way the output's luma is the gray
-    input exactly (see the module docstring).
+    the whole face (hair hue is one choice for the whole head). A conditioned network also reads a learned
+    embedding of the tag as input channels at every pixel (`with_tag_channels`). The head predicts chroma: two
+    values (`mse`) or logits over the chroma bins (`classify`, read out by `bins`). Either way the output's luma
+    is the gray input exactly (see the module docstring).
     """
 
     def __init__(self, classes: int = 0, conditions: int = 0, width: int = 32):
         super().__init__()
         self.conditions = conditions
-        self.inner = _block(1, width)
+        self.tag_embedding = nn.Embedding(conditions, TAG_CHANNELS) if conditions else None
+        self.inner = _block(1 + (TAG_CHANNELS if conditions else 0), width)
         self.down = _block(width, 2 * width)
         self.bottom = _block(2 * width, 4 * width)
         self.global_mix = nn.Sequential(nn.Linear(4 * width + conditions, 4 * width), nn.ReLU(),
@@ -188,7 +227,8 @@ class GlobalUNet(nn.Module):
         """(B, 1, S, S) gray [, (B,) tag index] -> (B, 2 or Q, S, S) chroma or class logits. A conditioned
         network given no tags reads them as index 0, "no tag", which it learned from untagged training images."""
         size = gray.shape[-2:]
-        a = self.inner(gray)  # (B, W, S, S)
+        x = gray if not self.conditions else with_tag_channels(gray, self.tag_embedding, condition)  # (B, 1[+E], S, S)
+        a = self.inner(x)  # (B, W, S, S)
         b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
         c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
         pooled = c.mean((2, 3))  # (B, 4W)

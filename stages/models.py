@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.colorizers import GlobalUNet
+from stages.colorizers import TAG_CHANNELS, GlobalUNet, with_tag_channels
 from stages.luma import exact_luma
 
 
@@ -114,18 +114,24 @@ class StackNN(nn.Module):
     """The reference colorizer, kept faithfully: upsampling conv, conv, then two plain Linear layers to 3x30x30.
 
     The two Linear layers have no activation between them, as in the reference; 90 M parameters in all.
+    Conditioned on a tag with `conditions` values, it also reads a learned embedding of the tag as input
+    channels at every pixel (stages.colorizers.with_tag_channels); otherwise it is the reference's.
     """
 
-    def __init__(self, size: int = 30):
+    def __init__(self, size: int = 30, conditions: int = 0):
         super().__init__()
         self.size = size
-        self.features = nn.Sequential(nn.ConvTranspose2d(1, 10, 5, stride=2), nn.ReLU(), nn.Conv2d(10, 5, 5),
+        self.tag_embedding = nn.Embedding(conditions, TAG_CHANNELS) if conditions else None
+        inputs = 1 + (TAG_CHANNELS if conditions else 0)
+        self.features = nn.Sequential(nn.ConvTranspose2d(inputs, 10, 5, stride=2), nn.ReLU(), nn.Conv2d(10, 5, 5),
                                       nn.ReLU(), nn.Flatten())
         side = (size - 1) * 2 + 5 - 4  # 30 -> 63 -> 59
         self.head = nn.Sequential(nn.Linear(5 * side * side, 4500), nn.Linear(4500, 3 * size * size))
 
-    def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        h = self.features(gray)  # (B, 1, S, S) -> (B, 5*59*59)
+    def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if self.tag_embedding is not None:
+            gray = with_tag_channels(gray, self.tag_embedding, condition)  # (B, 1 + E, S, S)
+        h = self.features(gray)  # (B, 1[+E], S, S) -> (B, 5*59*59)
         return torch.sigmoid(self.head(h)).view(-1, 3, self.size, self.size)
 
     @torch.no_grad()
@@ -141,7 +147,7 @@ def build_colorizer(arch: str, size: int, classes: int = 0, conditions: int = 0)
     """StackNN, or the U-Net with a global branch (stages.colorizers) predicting chroma (classes=0) or logits
     over `classes` chroma bins, conditioned on a tag with `conditions` values (0 = not conditioned)."""
     if arch == "stacknn":
-        return StackNN(size)
+        return StackNN(size, conditions)
     return GlobalUNet(classes=classes, conditions=conditions)
 
 

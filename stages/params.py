@@ -62,8 +62,8 @@ class ColorizeParams:
                       choices=("stacknn", "conv"))
     loss: str = param("mse", "mse: MSE + colorfulness gap; classify: rebalanced classes of chroma (conv only)",
                       choices=("mse", "classify"))
-    condition: str = param("", "tag column of the prepared set's labels.csv the colorizer also reads, e.g. hair "
-                           "(conv only); empty = none")
+    condition: str = param("", "tag column of the prepared set's labels.csv the colorizer also reads, e.g. hair; "
+                           "empty = none")
     epochs: int = param(4, "passes over the training split", min=1)
     batch_size: int = param(64, "images per optimiser step, over all torchrun processes", min=1)
     lr: float = param(2e-3, "peak Adam learning rate (one-cycle schedule)", min=0.0)

@@ -107,7 +107,7 @@ COMPARISONS: tuple[Comparison, ...] = (
         metrics=("c2st", "coverage", "density", "fd", "test_neg_elbo", "diversity", "train_seconds", "parameters"),
     ),
     Comparison(  # the reference's StackNN against the U-Net, each loss, and the average color they must beat
-        title="Colorizers", columns=(("colorize",),), variants=("arch", "loss"),
+        title="Colorizers", columns=(("colorize",),), variants=("arch", "loss", "condition"),
         side_by_side=(Figure("test_colorized.png", "test faces: gray | colorized | true color"),), stacked=(),
         metrics=("psnr", "baseline_psnr", "psnr_margin", "ssim", "color_auc", "baseline_color_auc", "c2st",
                  "baseline_c2st", "colorfulness_ratio", "luma_mse", "train_seconds", "parameters"),

@@ -169,3 +169,26 @@ def write_idx(path: Path, images: np.ndarray) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as stream:
         stream.write(header + images.astype(np.uint8).tobytes())
+
+
+# ----- faces whose hair color only the tag gives away ----------------------------------------------------------------
+
+HAIR_CHROMA = ((0.0, 0.25), (-0.2, -0.15), (0.25, -0.05))  # (Cb, Cr) of tags 1, 2, 3: red, green, blue hair
+
+
+def tagged_hair_faces(count: int, side: int = 12, seed: int = 0):
+    """(gray (N, 1, S, S), color (N, 3, S, S), tag (N,) in 1..3): faces whose top third is hair with the tag's
+    hue, at a gray level drawn independently of the tag, over a neutral skin texture. Gray alone cannot tell
+    the tags apart; the true colors can."""
+    import torch
+
+    from stages.colorizers import color_from
+
+    generator = torch.Generator().manual_seed(seed)
+    gray = 0.55 + 0.15 * torch.rand(count, 1, side, side, generator=generator)
+    hair_gray = 0.35 + 0.2 * torch.rand(count, 1, 1, 1, generator=generator)
+    gray[:, :, :side // 3] = hair_gray
+    tag = torch.arange(count) % len(HAIR_CHROMA) + 1
+    chroma = torch.zeros(count, 2, side, side)
+    chroma[:, :, :side // 3] = torch.tensor(HAIR_CHROMA)[tag - 1][:, :, None, None]
+    return gray, color_from(gray, chroma).clamp(0, 1), tag

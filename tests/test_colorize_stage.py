@@ -318,20 +318,27 @@ def test_conv_colorizer_trains_with_far_fewer_parameters(trained, copy_of, pipel
 # ----- the classify loss and conditioning on a tag ---------------------------------------------------------------------
 
 
-def test_hair_conditioned_classify_colorizer_reports_tag_accuracy_and_colors_samples_per_hair(
-        trained, copy_of, pipeline, outputs):
+@pytest.mark.parametrize("colorizer", [("colorize.residual=true",),
+                                       ("colorize.arch=conv", "colorize.loss=classify")], ids=["stacknn", "conv"])
+def test_hair_conditioned_colorizer_reports_tag_accuracy_and_colors_samples_per_hair(
+        trained, copy_of, pipeline, outputs, colorizer):
     copy_of(trained[0])
 
-    succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH, "--set", "colorize.arch=conv",
-                       "--set", "colorize.loss=classify", "--set", "colorize.condition=hair"))
+    succeeded(pipeline("run", "--stages", "colorize", *VAE, *COLORIZE, *ONE_EPOCH,
+                       *(arg for s in (*colorizer, "colorize.condition=hair") for arg in ("--set", s))))
 
     metrics = metrics_of(latest_entry(outputs, "colorize"))
-    for name in ("conditioned", "true_color", "baseline"):
+    for name in ("conditioned", "no_tag", "true_color", "baseline"):
         assert 0 <= metrics[f"hair_accuracy_{name}"] <= 1, name
+    by_tag = metrics["hair_accuracy_by_tag"]
+    assert sum(row["test_faces"] for row in by_tag.values()) == TEST_IMAGES, "every test face has a hair tag"
+    assert "hair read back from" in metrics["headline"]
     _, config = load_colorizer(latest_entry(outputs, "colorize") / "model.pt", torch.device("cpu"))
-    assert config.classes > 1
-    assert config.condition == "hair" and len(config.condition_values) >= 2
-    assert metrics["luma_mse_before_clipping"] <= 1e-6, "chroma added to the gray input keeps its luma exactly"
+    assert config.condition == "hair" and len(config.condition_values) >= 2 and set(by_tag) <= set(
+        config.condition_values)
+    if config.arch == "conv":
+        assert config.classes > 1
+        assert metrics["luma_mse_before_clipping"] <= 1e-6, "chroma added to the gray input keeps its luma exactly"
     grid = decoded_png(latest_entry(outputs, "vae_color") / "samples_by_hair.png")
     assert grid.size[1] == expected_grid_size(len(config.condition_values) + 1, 8)[1], "a row per hair, and no tag"
 

@@ -7,6 +7,8 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
+from helpers import HAIR_CHROMA, tagged_hair_faces
+
 from stages.colorizers import (AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, chroma_of, classify_loss,
                                color_from)
 from stages.models import StackNN
@@ -163,6 +165,51 @@ def test_conditioning_on_a_tag_tells_apart_colors_that_gray_cannot():
     with torch.no_grad():
         output = conditioned(gray, tag)
     assert_each_image_nearer_its_own_tint(output, color)
+
+
+HAIR_SIDE = 12
+
+
+def hair_tag_read_back(color: torch.Tensor, tag: torch.Tensor) -> float:
+    """Share of images whose hair (top third) chroma is nearest their own tag's hair chroma."""
+    hair = chroma_of(color[:, :, :HAIR_SIDE // 3]).mean((2, 3))  # (N, 2)
+    nearest = torch.cdist(hair, torch.tensor(HAIR_CHROMA)).argmin(1) + 1
+    return (nearest == tag).float().mean().item()
+
+
+def test_conditioned_average_color_paints_each_tags_hair_before_any_training():
+    gray, color, tag = tagged_hair_faces(60, HAIR_SIDE, seed=1)
+    gray_test, _, tag_test = tagged_hair_faces(30, HAIR_SIDE, seed=2)
+    model = AverageColorResidual(StackNN(HAIR_SIDE, conditions=4), HAIR_SIDE, conditions=4)
+
+    model.start_at(gray, color, tag)
+
+    with torch.no_grad():
+        assert hair_tag_read_back(model(gray_test, tag_test), tag_test) == 1.0
+        unknown = model(gray_test, torch.zeros_like(tag_test))
+    assert hair_tag_read_back(unknown, tag_test) < 0.7, "no tag given: the average of all hair, not a guess"
+
+
+@pytest.mark.parametrize("arch, steps", [("stacknn", 30), ("conv", 60)])
+def test_a_colorizer_given_the_tag_at_every_pixel_learns_each_tags_hair_hue(arch, steps):
+    torch.manual_seed(0)
+    gray, color, tag = tagged_hair_faces(48, HAIR_SIDE, seed=1)
+    gray_test, _, tag_test = tagged_hair_faces(24, HAIR_SIDE, seed=2)
+    if arch == "stacknn":
+        model = StackNN(HAIR_SIDE, conditions=4)
+        model.start_at(color.mean(0))
+    else:
+        model = GlobalUNet(conditions=4, width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    for _ in range(steps):
+        loss = (model(gray, tag) - color).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        assert hair_tag_read_back(model.eval()(gray_test, tag_test), tag_test) >= 0.95
 
 
 def assert_each_image_nearer_its_own_tint(output: torch.Tensor, color: torch.Tensor):
