@@ -22,6 +22,7 @@ READOUT_TEMPERATURE = 0.38  # Zhang et al.'s annealed mean: between the mean (T=
 LUMA_BINS = 32  # gray levels of the per-luma baseline
 TAG_CHANNELS = 8  # width of a conditioned colorizer's learned tag embedding, given to every pixel
 MIN_TAG_IMAGES = 8  # training images a tag needs for an average color of its own
+CELL_PRIOR = 40.0  # pixels' weight of "nothing more to add" in a (position, gray level) cell's mean
 
 
 def chroma_of(color: torch.Tensor) -> torch.Tensor:
@@ -45,31 +46,67 @@ class LumaBaseline(nn.Module):
     of that luma (LUMA_BINS bins), added to the gray input. Skin-bright pixels get skin color, dark ones hair or
     outline color, whatever their position or the rest of the face.
 
-    Given the image `size`, it also knows where a pixel is: each position's mean training chroma, plus the mean
-    of what remains per gray level. That is the average color StackNN learns the difference from."""
+    Given the image `size`, it also knows where a pixel is, and paints the mean training chroma of its (position,
+    gray level) cell: each position's mean chroma, plus the mean of what remains per gray level, plus the mean
+    of what still remains in the cell. Many cells hold few training pixels, so that last part pools the
+    3 x 3 neighboring positions and is shrunk toward zero by CELL_PRIOR pixels' weight: a cell with few pixels
+    keeps the first two parts. That is the average color StackNN learns the difference from."""
 
     def __init__(self, bins: int = LUMA_BINS, size: int = 0):
         super().__init__()
         self.register_buffer("chroma", torch.zeros(bins, 2))
         self.register_buffer("position", torch.zeros(2, size, size) if size else None)
+        self.register_buffer("cell", torch.zeros(2, size, size, bins) if size else None)
 
     @torch.no_grad()
     def fit(self, gray: torch.Tensor, color: torch.Tensor) -> LumaBaseline:
         bins = len(self.chroma)
-        index = _luma_bin(gray, bins).flatten()
+        index = _luma_bin(gray, bins)  # (N, 1, H, W)
         chroma = chroma_of(color)  # (N, 2, H, W)
         if self.position is not None:
             self.position.copy_(chroma.mean(0))
             chroma = chroma - self.position
-        chroma = chroma.permute(1, 0, 2, 3).flatten(1)  # (2, N*H*W)
-        counts = torch.bincount(index, minlength=bins).clamp(min=1).to(chroma.dtype)
+        flat = chroma.permute(1, 0, 2, 3).flatten(1)  # (2, N*H*W)
+        counts = torch.bincount(index.flatten(), minlength=bins).clamp(min=1).to(chroma.dtype)
         for channel in range(2):
-            self.chroma[:, channel] = torch.bincount(index, chroma[channel], minlength=bins) / counts
+            self.chroma[:, channel] = torch.bincount(index.flatten(), flat[channel], minlength=bins) / counts
+        if self.cell is not None:
+            self.cell.copy_(_cell_means(chroma - self._per_luma(index), index, bins))
         return self
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        chroma = self.chroma[_luma_bin(gray, len(self.chroma))][:, 0].permute(0, 3, 1, 2)  # (B, 2, H, W)
-        return color_from(gray, chroma if self.position is None else chroma + self.position)
+        index = _luma_bin(gray, len(self.chroma))
+        chroma = self._per_luma(index)
+        if self.position is not None:
+            chroma = chroma + self.position + self._per_cell(index)
+        return color_from(gray, chroma)
+
+    def _per_luma(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) luma bins -> (B, 2, H, W) their mean chroma."""
+        return self.chroma[index][:, 0].permute(0, 3, 1, 2)
+
+    def _per_cell(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) luma bins -> (B, 2, H, W) the mean chroma of each pixel's (position, luma bin) cell."""
+        positions = index[0, 0].numel()
+        cell = torch.arange(positions, device=index.device) * len(self.chroma) + index.flatten(1)  # (B, H*W)
+        return self.cell.flatten(1)[:, cell].permute(1, 0, 2).view(len(index), 2, *index.shape[-2:])
+
+
+def _cell_means(chroma: torch.Tensor, index: torch.Tensor, bins: int) -> torch.Tensor:
+    """(N, 2, H, W) chroma, (N, 1, H, W) luma bins -> (2, H, W, bins): the shrunk mean chroma of each (position,
+    luma bin) cell over the 3 x 3 neighboring positions (see LumaBaseline)."""
+    height, width = index.shape[-2:]
+    cell = (torch.arange(height * width, device=index.device) * bins + index.flatten(1)).flatten()  # (N*H*W,)
+    cells = height * width * bins
+    pixels = torch.bincount(cell, minlength=cells).to(chroma.dtype)
+    sums = torch.stack([torch.bincount(cell, chroma[:, c].flatten(), minlength=cells) for c in range(2)])
+
+    def pooled(x):  # (C, H*W*bins) -> (C, H, W, bins), summed over each position's 3 x 3 neighbors
+        x = x.view(-1, height, width, bins).permute(0, 3, 1, 2).flatten(0, 1)[:, None]  # (C*bins, 1, H, W)
+        x = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device))
+        return x.view(-1, bins, height, width).permute(0, 2, 3, 1)
+
+    return pooled(sums) / (pooled(pixels[None]) + CELL_PRIOR)
 
 
 class AverageColorResidual(nn.Module):

@@ -9,8 +9,8 @@ from skimage.color import rgb2lab
 
 from helpers import HAIR_CHROMA, tagged_hair_faces
 
-from stages.colorizers import (AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, chroma_of, classify_loss,
-                               color_from)
+from stages.colorizers import (CELL_PRIOR, AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, chroma_of,
+                               classify_loss, color_from)
 from stages.models import StackNN
 from stages.metrics import color_error_auc
 
@@ -84,6 +84,32 @@ def test_average_color_with_position_adds_each_positions_mean_chroma_to_the_per_
 
     assert torch.allclose(by_position, train[:1], atol=1e-5), "position tells the halves apart"
     assert torch.allclose(by_luma, gray[:1].expand(-1, 3, -1, -1), atol=1e-5), "one gray level: their mean, gray"
+
+
+def crossed_halves(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gray, color) of `count` flat faces, dark and bright in turn, whose chroma neither position nor gray level
+    tells alone: left half dark -> reddish, bright -> bluish; right half the opposite."""
+    gray = torch.tensor([0.3, 0.6]).repeat(count // 2)[:, None, None, None].expand(-1, 1, SIDE, SIDE)
+    tint = torch.tensor([-0.1, 0.1])[:, None, None]  # (Cb, Cr): reddish
+    sign = torch.tensor([1.0, -1.0]).repeat(count // 2)[:, None, None, None]  # dark +, bright -
+    halves = torch.cat([tint.expand(2, SIDE, SIDE // 2), -tint.expand(2, SIDE, SIDE // 2)], 2)
+    return gray, color_from(gray, sign * halves)
+
+
+def test_average_color_with_position_paints_the_mean_chroma_of_each_position_and_gray_level_together():
+    gray, train = crossed_halves(200)
+    inner = (slice(None), slice(None), slice(1, SIDE - 1), slice(1, SIDE // 2 - 1))  # left half, 3 x 3 all left
+
+    average = LumaBaseline(size=SIDE).fit(gray, train)(gray[:2])
+    seen_once = LumaBaseline(size=SIDE).fit(gray[:2], train[:2])(gray[:2])
+
+    assert torch.allclose(LumaBaseline().fit(gray, train)(gray[:2]), gray[:2].expand(-1, 3, -1, -1), atol=1e-5), \
+        "gray level alone: every tint averages to gray"
+    true, found = chroma_of(train[:2])[inner], chroma_of(average)[inner]
+    assert torch.allclose(found, true * 900 / (900 + CELL_PRIOR), atol=1e-4), "9 x 100 pixels per cell: near exact"
+    kept = chroma_of(seen_once)[inner] / chroma_of(train[:2])[inner]
+    assert torch.allclose(kept, torch.full_like(kept, 9 / (9 + CELL_PRIOR)), atol=1e-4), \
+        "a cell seen by few pixels stays near the average of position and gray level (here: gray)"
 
 
 def test_residual_stacknn_starts_exactly_at_the_average_color_and_trains_only_the_network():
