@@ -6,9 +6,6 @@
 - Adam with the fused kernel where the build has it, under a one-cycle schedule (warm-up, then cosine decay),
   which lets the VAE train as well in the same epochs at twice the reference's batch. Those two are where most
   of the speed comes from (docs/decisions.md; StackNN keeps the reference's batch 64).
-- Optionally (Job.bf16) the loss is computed under bfloat16 autocast: the matrix products run in bf16, which
-  CPUs with AVX-512 BF16 or AMX (and GPUs) do about twice as fast, while weights, gradients and Adam's moments
-  stay float32.
 - Denormals are flushed on CPU: Adam's second moments drift into denormal range and slow every step.
 - All randomness (order, noise) comes from one seeded torch.Generator, saved with each checkpoint, so an
   interrupted run resumes exactly where it stopped and the same seed on CPU gives identical results.
@@ -115,7 +112,6 @@ class Job:
     seed: int
     label: str
     warmup: float = 0.15  # fraction of the steps spent warming up to the peak lr
-    bf16: bool = False  # batch_loss under bfloat16 autocast: matrix products in bf16, weights and Adam in float32
     stop: Callable[[History], bool] | None = None  # asked after each evaluation: True ends training there
 
 
@@ -207,8 +203,7 @@ def fit(job: Job, context: StageContext, device: torch.device) -> History:
                 rows = here.rows(len(index))
                 share = (rows.stop - rows.start) / len(index)  # of the global batch: weights this rank's mean
                 noise = Noise(len(index), rows, generator, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.bf16):
-                    loss, stats = job.batch_loss(trained, *(t[index[rows]] for t in job.train_data), noise=noise)
+                loss, stats = job.batch_loss(trained, *(t[index[rows]] for t in job.train_data), noise=noise)
                 if rows.start == rows.stop:  # a last batch with fewer rows than ranks left this rank none: it
                     loss, stats = loss.nan_to_num(0.0), {}  # still joins the step (DDP), adding nothing
                 if not torch.isfinite(loss):

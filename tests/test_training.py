@@ -107,25 +107,6 @@ def test_warmup_sets_where_the_learning_rate_peaks(warmup):
     assert rates[0] < 0.1 / 20 and rates[-1] < 0.1 / 1000
 
 
-def test_bf16_runs_the_matrix_products_in_bfloat16_keeps_float32_weights_and_trains_as_float32_does(tmp_path):
-    products, histories = {}, {}
-    for bf16 in (False, True):
-        def record(module, inputs, output, bf16=bf16):
-            if module.training:  # training steps only: evaluation stays float32
-                products.setdefault(bf16, set()).add(output.dtype)
-
-        job = linear_job()
-        job.model.register_forward_hook(record)
-        histories[bf16] = fit(dataclasses.replace(job, bf16=bf16, epochs=20), context_in(tmp_path / str(bf16), []),
-                              torch.device("cpu"))
-        assert all(p.dtype == torch.float32 for p in job.model.parameters())
-
-    assert products == {False: {torch.float32}, True: {torch.bfloat16}}
-    assert histories[True].test != histories[False].test, "bf16 rounds differently"
-    assert histories[True].test[-1] < histories[True].test[0] / 4, "it trains"
-    assert histories[True].test[-1] == pytest.approx(histories[False].test[-1], rel=0.05)
-
-
 @pytest.mark.parametrize("channels", [1, 3], ids=["gray", "color"])
 def test_image_rows_read_the_values_the_resident_set_holds_in_the_order_asked(prepared, channels):
     folder = latest_entry(prepared, "prepare")
