@@ -1,8 +1,8 @@
 """Time to the reference's quality for the StackNN colorizer: stages.training.fit against the seed's DataLoader loop.
 
 Why: StackNN (90 M parameters, almost all in two Linear layers) is the slow stage, and its step is bound by the
-same GEMMs on both sides, so what a user can gain is in how few steps reach the reference's quality. As MLPerf
-Training measures:
+same GEMMs on both sides, so what a user can gain is in how few and how cheap the steps to the reference's
+quality are. As MLPerf Training measures:
   reference  build_colorizer('stacknn', 30), DataLoader(TensorDataset(gray, color), batch_size=64, shuffle=True),
              torch.optim.Adam(lr=1e-3), no schedule, loss MSE(color, target) + MSE(luma(color), gray) with
              N(0, noise_std) noise on the input, for --reference-epochs (long enough that its test PSNR has
@@ -10,18 +10,27 @@ Training measures:
              target, its training time T_ref.
   closed     the same network, initialisation and loss (no exact luma, no colorfulness term, no output bias
              started at the mean color), trained by stages.training.fit with its own batch, peak lr, warm-up and
-             epochs (--batch, --lr, --warmup, --epochs; the defaults start from the stage's batch 64 and peak
-             lr 2e-3, the steps StackNN is known to learn from, over a schedule twice the stage's length).
+             epochs (--batch, --lr, --warmup, --epochs). StackNN's test PSNR rises by about as much per
+             optimiser step whatever the peak lr, the schedule or the batch from 32 to 64, so the default recipe
+             buys cheap steps: batch 32 (a step costs less than the reference's batch-64 step, and fit's fused
+             Adam, tensor batches and flushed denormals make it cheaper still), over enough epochs to pass the
+             target.
              T_ours = its training time until the test PSNR after an epoch first reaches the target.
   open       the colorize stage's own training (stages.colorize.training_job on the network ColorizerConfig
-             builds from ColorizeParams: colorfulness term, average-color residual start), scored after its exact-luma output step as the stage scores it: printed,
-             not the headline. Its colorfulness term trades PSNR for color by design, so it may never reach a
-             plain-MSE target.
+             builds from ColorizeParams: colorfulness term, average-color residual start), scored after its
+             exact-luma output step as the stage scores it: printed, not the headline. Its colorfulness term
+             trades PSNR for color by design, so it may never reach a plain-MSE target.
 The test PSNR is stages.colorize.evaluate_colorizer's on the raw output (exact luma off, so the closed sides are
 scored on what they learned), the same for every side; evaluation is off both clocks. The last line is
 `ratio: <T_ref / T_ours (closed)>`; the images per second ratio of the old bench is printed above it.
 
-    python bench/train_colorize.py [--images 1044] [--prepared DIR] [--seed 0] [--reference-epochs N]
+The data: 300 embedded faces (270 train, 30 test) by default. The reference's test PSNR rises with every
+optimiser step for far longer than 10 minutes of its steps on ~1,000 faces; on 270 it levels off after about
+400 steps (80-90 epochs), so the default 90 reference epochs reach the flat part and the whole bench fits in
+10 minutes on 2 quiet cores. `--images` or `--prepared` measure other sets (then raise --reference-epochs until
+the flattening line says yes).
+
+    python bench/train_colorize.py [--images 300] [--prepared DIR] [--seed 0] [--reference-epochs N]
                                    [--batch B --lr LR --warmup W --epochs E] [--no-open]
 """
 from __future__ import annotations
@@ -41,12 +50,12 @@ from stages.models import build_colorizer  # noqa: E402
 from stages.params import ColorizeParams  # noqa: E402
 from stages.training import Job  # noqa: E402
 
-CLOSED = tb.Recipe(batch_size=64, lr=2e-3, epochs=8, warmup=0.15)
+CLOSED = tb.Recipe(batch_size=32, lr=1.5e-3, epochs=40, warmup=0.15)
 PSNR = tb.Metric("test PSNR", "dB", lower_better=False, flat=0.1)
 
 
 def main() -> None:
-    args = tb.parse_args(__doc__, images=1044, reference_epochs=20, closed=CLOSED)
+    args = tb.parse_args(__doc__, images=300, reference_epochs=90, closed=CLOSED)
     params = ColorizeParams(arch="stacknn", seed=args.seed)
     gray, gray_test, color, color_test = tb.load(args, 1, 3)
 
@@ -70,8 +79,8 @@ def main() -> None:
 
         recipe = args.closed
         job = Job(model=build(), train_data=(gray, color), batch_loss=batch_loss,
-                  evaluate=lambda model: {"loss": score(model)}, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                  lr=recipe.lr, warmup=recipe.warmup, seed=params.seed, label="colorize")
+                  evaluate=lambda model: {"loss": score(model)}, seed=params.seed, label="colorize",
+                  **recipe.job_fields())
         return tb.ours(f"StackNN, {recipe}", job, score, stop)
 
     def stage_defaults(stop):

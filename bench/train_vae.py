@@ -63,8 +63,7 @@ def main() -> None:
         def train_side(stop):
             evaluate, score = scorer(vae)
             job = Job(model=build(vae), train_data=(train,), batch_loss=batch_loss, evaluate=evaluate,
-                      epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup=recipe.warmup,
-                      seed=vae.seed, label="vae")
+                      seed=vae.seed, label="vae", **recipe.job_fields())
             return tb.ours(label, job, score, stop)
         return train_side
 

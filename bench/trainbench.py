@@ -61,6 +61,10 @@ class Recipe:
     def __str__(self) -> str:
         return f"fit b{self.batch_size}, one-cycle lr {self.lr:g} warm-up {self.warmup:g}, {self.epochs} epochs"
 
+    def job_fields(self) -> dict:
+        """The stages.training.Job fields this recipe sets."""
+        return {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs, "warmup": self.warmup}
+
 
 def parse_args(doc: str, images: int, reference_epochs: int, closed: Recipe) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
