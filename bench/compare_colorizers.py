@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.tables import markdown_table  # noqa: E402
+
 VARIANTS = {"stacknn": ("colorize.arch=stacknn",),
             "conv mse": ("colorize.arch=conv", "colorize.loss=mse"),
             "conv classify": ("colorize.arch=conv", "colorize.loss=classify")}
@@ -48,12 +52,6 @@ def baseline_row(metrics: dict, condition: str) -> tuple:
             metrics.get("baseline_c2st"), None, metrics["baseline_colorfulness_ratio"], 0.0, accuracy, None, None, None)
 
 
-def cell(value) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outputs", type=Path, required=True, help="cache folder holding a prepared set")
@@ -77,9 +75,8 @@ def main() -> None:
     if last is None:
         return
     rows[f"baseline ({last['baseline']})"] = baseline_row(last, args.condition)
-    print(f"\n{args.outputs}\n\n| colorizer | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1))
-    for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(cell(v) for v in values) + " |")
+    print(f"\n{args.outputs}\n")
+    print(markdown_table(("colorizer", *COLUMNS), ((name, *values) for name, values in rows.items())))
 
 
 if __name__ == "__main__":
