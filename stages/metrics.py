@@ -7,6 +7,7 @@ the best possible reconstruction term is the pixels' own binary entropy (`bce_en
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -33,10 +34,15 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def bce_entropy_floor(images: torch.Tensor) -> float:
-    """Mean over images of the summed binary entropy of their pixels: the lowest BCE any decoder can reach."""
+    """Mean over images of the summed binary entropy of their pixels: the lowest BCE any decoder can reach.
+    Computed 512 images at a time: its temporaries, each the size of the images, would otherwise multiply a big
+    test split's memory."""
+    return torch.cat([_summed_binary_entropy(some) for some in images.split(512)]).mean().item()
+
+
+def _summed_binary_entropy(images: torch.Tensor) -> torch.Tensor:
     p = images.clamp(1e-6, 1 - 1e-6)
-    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
-    return entropy.flatten(1).sum(1).mean().item()
+    return -(p * p.log() + (1 - p) * (1 - p).log()).flatten(1).sum(1)
 
 
 @torch.no_grad()
@@ -66,16 +72,23 @@ def _to_hwc(images: np.ndarray) -> np.ndarray:
 
 def psnr_ssim(output: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM over images; (N, C, H, W) floats in [0,1]."""
-    output, target = _to_hwc(output), _to_hwc(target)
-    channel_axis = -1 if output.shape[-1] == 3 else None
+    return mean_psnr_ssim([(output, target)])
+
+
+def mean_psnr_ssim(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Mean PSNR (dB) and SSIM over the images of every (output, target) pair of (N, C, H, W) float arrays in
+    [0,1], so a big test split can be scored a slice at a time: the same means as one call on all of it."""
     psnr, ssim = [], []
-    for out, ref in zip(output, target):
-        if channel_axis is None:
-            out, ref = out[..., 0], ref[..., 0]
-        with np.errstate(divide="ignore"):  # an exact match is an infinite PSNR, handled below
-            psnr.append(peak_signal_noise_ratio(ref, out, data_range=1.0))
-        ssim.append(structural_similarity(ref, out, data_range=1.0, channel_axis=channel_axis,
-                                          win_size=min(7, min(ref.shape[:2]) // 2 * 2 - 1)))
+    for output, target in pairs:
+        output, target = _to_hwc(output), _to_hwc(target)
+        channel_axis = -1 if output.shape[-1] == 3 else None
+        for out, ref in zip(output, target):
+            if channel_axis is None:
+                out, ref = out[..., 0], ref[..., 0]
+            with np.errstate(divide="ignore"):  # an exact match is an infinite PSNR, handled below
+                psnr.append(peak_signal_noise_ratio(ref, out, data_range=1.0))
+            ssim.append(structural_similarity(ref, out, data_range=1.0, channel_axis=channel_axis,
+                                              win_size=min(7, min(ref.shape[:2]) // 2 * 2 - 1)))
     finite_psnr = [p for p in psnr if math.isfinite(p)] or [100.0]
     return float(np.mean(finite_psnr)), float(np.mean(ssim))
 

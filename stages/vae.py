@@ -77,7 +77,9 @@ def evaluate_model(model, test: torch.Tensor, params: VaeParams) -> dict:
     kl_dims = m.kl_per_dimension(mu, logvar).mean(0)
     neg_elbo = recon_nll + kl_dims.sum().item()
     nll = m.importance_sampled_nll(model, test[:NLL_IMAGES], params.recon, NLL_SAMPLES, generator)
-    psnr, ssim = m.psnr_ssim(decode_images(model, mu).cpu().numpy(), test.cpu().numpy())
+    psnr, ssim = m.mean_psnr_ssim((decode_images(model, mu[i:i + EVALUATION_SLICE]).cpu().numpy(),
+                                   test[i:i + EVALUATION_SLICE].cpu().numpy())  # a slice at a time: a big test
+                                  for i in range(0, len(test), EVALUATION_SLICE))  # split's copies are never held
     result = {"test_neg_elbo": neg_elbo, "test_recon_nll": recon_nll, "test_kl": kl_dims.sum().item(),
               "test_nll_importance": nll, "nll_images": min(NLL_IMAGES, len(test)), "nll_samples": NLL_SAMPLES,
               "recon_psnr": psnr, "recon_ssim": ssim, "kl_per_dim": [round(v, 4) for v in kl_dims.tolist()],

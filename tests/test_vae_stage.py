@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+import stages.metrics
 import stages.vae
 from helpers import (assert_one_clear_error_line, cli, decoded_png, grid_size, interrupt_fit_after, latest_entry,
                      interrupted_once, metrics_of, must_not_run, read_manifest, succeeded)
@@ -401,3 +402,15 @@ def test_config_file_is_used_and_set_wins_over_it(prepared, copy_of, pipeline, o
     params = read_manifest(latest_entry(outputs, "vae"))["params"]
     assert params["latent_dim"] == 5, "--set wins over the config file"
     assert (params["epochs"], params["batch_size"], params["beta"]) == (1, 16, 0.5), "the config file was used"
+
+
+def test_psnr_and_ssim_scored_a_slice_at_a_time_equal_one_pass():
+    """The VAE scores its test reconstructions in slices, so a big split's decoded copies are never all held."""
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 1, (7, 3, 12, 12)).astype(np.float32)
+    output = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1).astype(np.float32)
+    output[4] = target[4]  # an exact match: an infinite PSNR, which the mean leaves out
+    whole = stages.metrics.psnr_ssim(output, target)
+    sliced = stages.metrics.mean_psnr_ssim((output[i:i + 3], target[i:i + 3]) for i in range(0, 7, 3))
+    assert sliced == pytest.approx(whole, rel=1e-12)
+    assert 15 < whole[0] < 30 and 0 < whole[1] < 1
