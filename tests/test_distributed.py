@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -150,8 +151,8 @@ def test_two_one_rank_nodes_publish_the_entry_two_local_ranks_publish(prepared, 
     port = free_port()
     agents = [torchrun(nodes, *VAE, nodes=2, node_rank=rank, port=port) for rank in (0, 1)]
     launched.extend(agents)
-    for agent in agents:
-        finished(agent)
+    with ThreadPoolExecutor(len(agents)) as readers:  # both pipes drained at once: an agent blocked writing to a
+        list(readers.map(finished, agents))  # full pipe would hold the other at torchrun's exit barrier
 
     entries = [p for p in (nodes / "vae").iterdir() if not p.name.startswith(".") and p.name != "latest"]
     assert [p.name for p in entries] == [latest_entry(local, "vae").name], "one published entry, the same key"
