@@ -104,7 +104,10 @@ def barrier() -> None:
 
 
 def leave() -> None:
-    """Tear the process group down at the end of the command, so torchrun sees a clean exit."""
+    """Tear the process group down at the end of the command, so torchrun sees a clean exit. All ranks meet at a
+    barrier first: rank 0 returns from its last broadcast before the others have read it, and closing its
+    connections then can abort a rank still reading ("terminate called without an active exception", seen once)."""
     dist = _group()
     if dist is not None:
+        dist.barrier()
         dist.destroy_process_group()
