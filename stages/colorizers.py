@@ -143,8 +143,7 @@ class AverageColorResidual(nn.Module):
         """(B, 1, S, S) gray [, (B,) tag indices] -> (B, 3, S, S) the average color the network adds to."""
         if not len(self.tag_priors):
             return self.prior(gray)
-        if condition is None:
-            condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+        condition = tag_indices(gray, condition)
         color = torch.empty(len(gray), 3, *gray.shape[-2:], dtype=gray.dtype, device=gray.device)
         for index in condition.unique().tolist():
             chosen = condition == index
@@ -159,13 +158,19 @@ class AverageColorResidual(nn.Module):
         return self.average(gray if clean is None else clean, condition) + network - 0.5
 
 
+def tag_indices(gray: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    """The (B,) tag indices of a batch of gray images: `condition`, or index 0 ("no tag") when none is given."""
+    if condition is None:
+        return torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+    return condition
+
+
 def with_tag_channels(gray: torch.Tensor, embedding: nn.Embedding, condition: torch.Tensor | None) -> torch.Tensor:
     """(B, 1, S, S) gray and (B,) tag indices -> (B, 1 + E, S, S): each image's tag embedding as E more input
     channels, the same at every pixel, so the tag reaches every pixel from the first layer on. No tags given
     reads as index 0, "no tag", which a conditioned colorizer learns from the untagged training images."""
-    if condition is None:
-        condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
-    tag = embedding(condition)[:, :, None, None].expand(-1, -1, *gray.shape[-2:])  # (B, E, S, S)
+    tag = embedding(tag_indices(gray, condition))[:, :, None, None]  # (B, E, 1, 1)
+    tag = tag.expand(-1, -1, *gray.shape[-2:])  # (B, E, S, S)
     return torch.cat([gray, tag.to(gray)], 1)
 
 
@@ -270,8 +275,7 @@ class GlobalUNet(nn.Module):
         c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
         pooled = c.mean((2, 3))  # (B, 4W)
         if self.conditions:
-            if condition is None:
-                condition = torch.zeros(len(gray), dtype=torch.long, device=gray.device)
+            condition = tag_indices(gray, condition)
             pooled = torch.cat([pooled, F.one_hot(condition, self.conditions).to(pooled)], 1)
         c = c + self.global_mix(pooled)[:, :, None, None]
         b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))
