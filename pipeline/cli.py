@@ -262,15 +262,19 @@ def run(stages, sets, config, device, force, nproc, outputs) -> None:
                 raise UsageError("--nproc starts torchrun itself: under torchrun, leave --nproc out")
             sys.exit(distributed.launch(nproc, _given_options(click.get_current_context(), leave_out="nproc")))
         outcomes = runner.run_pipeline(tokens, all_params, _settings(outputs, device), force)
-        if not distributed.world().main:
-            return  # one torchrun rank reports: rank 0, which wrote the cache
-        for outcome in outcomes:
-            _print_outcome(outcome, outputs)
-        by_status = {status: [o.stage for o in outcomes if o.status == status] for status in ("ran", "cached",
-                                                                                             "skipped")}
-        click.echo("summary: " + "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items()
-                                           if names) + f" in {sum(o.seconds for o in outcomes):.0f} s")
-        _write_report(outputs, outcomes)
+        if distributed.world().main:  # one torchrun rank reports: rank 0, which wrote the cache
+            _summarize(outcomes, outputs)
+    distributed.end_rank()
+
+
+def _summarize(outcomes: list[runner.Outcome], outputs: Path) -> None:
+    """What ran, what came from the cache, where the results are, and the report page."""
+    for outcome in outcomes:
+        _print_outcome(outcome, outputs)
+    by_status = {status: [o.stage for o in outcomes if o.status == status] for status in ("ran", "cached", "skipped")}
+    click.echo("summary: " + "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items()
+                                       if names) + f" in {sum(o.seconds for o in outcomes):.0f} s")
+    _write_report(outputs, outcomes)
 
 
 def _given_options(context: click.Context, leave_out: str) -> list[str]:

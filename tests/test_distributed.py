@@ -5,6 +5,7 @@ Equivalence is asserted on models without BatchNorm (the reference FC VAE and St
 each rank's rows by that rank's statistics, so a BatchNorm model is the same only with SyncBatchNorm (CUDA)."""
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -28,7 +29,8 @@ COLORIZE = ("--stages", "colorize", "--set", "colorize.epochs=1", "--set", "colo
 
 def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1"}  # a rank that crashes prints every thread's stack into the test's output
 
 
 def free_port() -> int:
@@ -249,14 +251,19 @@ def tiny_gan_weights(resume_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def tiny_gan_rank(rank: int, port: int, folder: Path) -> None:
-    """One of two gloo ranks (torch.multiprocessing.spawn's entry point): rank r writes its weights to r.pt."""
+    """One of two gloo ranks (torch.multiprocessing.spawn's entry point): rank r writes its weights to r.pt, then
+    ends as a `pipeline run` rank does."""
+    from stages import distributed
+
+    faulthandler.enable()  # a crash prints every thread's stack into the test's output
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    distributed.join("cpu")
     (folder / str(rank)).mkdir()
     torch.save(tiny_gan_weights(folder / str(rank)), folder / f"{rank}.pt")
-    torch.distributed.destroy_process_group()
+    distributed.leave()
+    distributed.end_rank()
 
 
 def test_two_ranks_train_the_gan_one_process_trains(tmp_path):
