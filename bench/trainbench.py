@@ -11,8 +11,10 @@ rate, schedule and epochs free). An "open" side (the stage's own defaults) is pr
 headline.
 
 The faces are the embedded generator's (generate_face -> resize_square(30) -> luma_uint8), drawn in parallel once
-and cached in the temp folder in `pipeline prepare`'s layout (gray.npy, color.npy, split.npz with 10% test), so
-both scripts read them, or a real `--prepared DIR`, through stages.prepared_set.load_prepared."""
+and cached in the temp folder in `pipeline prepare`'s layout (gray.npy, color.npy, split.npz; `--test-images` of
+them held out, 10% unless a bench says otherwise), so both scripts read them, or a real `--prepared DIR`, through
+stages.prepared_set.load_prepared. The target is one point of the reference's curve, so the test set must be
+large enough that where that point falls in the test sample's noise does not decide the ratio."""
 from __future__ import annotations
 
 import argparse
@@ -66,9 +68,12 @@ class Recipe:
         return {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs, "warmup": self.warmup}
 
 
-def parse_args(doc: str, images: int, reference_epochs: int, closed: Recipe) -> argparse.Namespace:
+def parse_args(doc: str, images: int, reference_epochs: int, closed: Recipe,
+               test_images: int | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--images", type=int, default=images, help="faces generated (10%% held out for testing)")
+    parser.add_argument("--images", type=int, default=images, help="faces generated, test faces included")
+    parser.add_argument("--test-images", type=int, default=test_images,
+                        help="of those, held out for testing (default: 10%%)")
     parser.add_argument("--prepared", type=Path, help="a `pipeline prepare` output folder (then --images is ignored)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, batching and noise (split fixed)")
     parser.add_argument("--reference-epochs", type=int, default=reference_epochs,
@@ -87,17 +92,20 @@ def _face(index: int) -> np.ndarray:
     return resize_square(generate_face(index)[0], SIZE)
 
 
-def faces(count: int) -> Path:
-    """A prepared-layout folder of `count` embedded faces, generated once and then reused from the temp folder."""
-    folder = Path(tempfile.gettempdir(), f"bench-faces-s{SIZE}-n{count}")
+def faces(count: int, test_count: int | None) -> Path:
+    """A prepared-layout folder of `count` embedded faces, `test_count` of them (default 10%) held out, generated
+    once and then reused from the temp folder."""
+    if test_count is None:
+        test_count = int(round(count * TEST_FRACTION))
+    test_count = min(max(test_count, 1), count - 1)
+    folder = Path(tempfile.gettempdir(), f"bench-faces-s{SIZE}-n{count}-t{test_count}")
     if (folder / "split.npz").is_file():
-        print(f"faces: {count} cached in {folder}")
+        print(f"faces: {count} ({test_count} for testing) cached in {folder}")
         return folder
     start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         color = np.stack(pool.map(_face, range(count), chunksize=64))
     order = np.random.default_rng(0).permutation(count)
-    test_count = min(max(int(round(count * TEST_FRACTION)), 1), count - 1)
     scratch = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     np.save(scratch / "color.npy", color)
     np.save(scratch / "gray.npy", luma_uint8(color))
@@ -112,7 +120,7 @@ def faces(count: int) -> Path:
 
 def load(args: argparse.Namespace, *channels: int) -> list[torch.Tensor]:
     """train, test float tensors in [0,1], (N, C, 30, 30), for each C in `channels` (1 gray, 3 color)."""
-    folder, tensors = args.prepared or faces(args.images), []
+    folder, tensors = args.prepared or faces(args.images, args.test_images), []
     for count in channels:
         images, train, test = load_prepared(folder, count)
         tensors += [torch.from_numpy(images[train]), torch.from_numpy(images[test])]
