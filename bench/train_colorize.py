@@ -24,15 +24,16 @@ The test PSNR is stages.colorize.evaluate_colorizer's on the raw output (exact l
 scored on what they learned), the same for every side; evaluation is off both clocks. The last line is
 `ratio: <T_ref / T_ours (closed)>`; the images per second ratio of the old bench is printed above it.
 
-The data: 1,270 embedded faces by default, 270 to train on and 1,000 held out. The reference's test PSNR rises
+The data: 570 embedded faces by default, 270 to train on and 300 held out. The reference's test PSNR rises
 with every optimiser step for far longer than 10 minutes of its steps on ~1,000 training faces; on 270 it levels
 off after about 400 steps (80-90 epochs), so the default 90 reference epochs reach the flat part and the whole
 bench fits in 10 minutes on 2 quiet cores. The test set is large because the target is the reference's last
 point: on 30 test faces that point wobbled by 0.1-0.2 dB from epoch to epoch, enough to move the ratio from 0 to
-8 between seeds. `--images`, `--test-images` or `--prepared` measure other sets (then raise --reference-epochs
-until the flattening line says yes).
+8 between seeds. (Not larger: each evaluation is a StackNN forward pass over the whole test set, after every
+epoch of every side, and 1,000 faces would take the bench past 10 minutes.) `--images`, `--test-images` or
+`--prepared` measure other sets (then raise --reference-epochs until the flattening line says yes).
 
-    python bench/train_colorize.py [--images 1270 --test-images 1000] [--prepared DIR] [--seed 0] [--reference-epochs N]
+    python bench/train_colorize.py [--images 570 --test-images 300] [--prepared DIR] [--seed 0] [--reference-epochs N]
                                    [--batch B --lr LR --warmup W --epochs E] [--no-open]
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ PSNR = tb.Metric("test PSNR", "dB", lower_better=False, flat=0.1)
 
 
 def main() -> None:
-    args = tb.parse_args(__doc__, images=1270, reference_epochs=90, closed=CLOSED, test_images=1000)
+    args = tb.parse_args(__doc__, images=570, reference_epochs=90, closed=CLOSED, test_images=300)
     params = ColorizeParams(arch="stacknn", seed=args.seed)
     gray, gray_test, color, color_test = tb.load(args, 1, 3)
 
