@@ -22,7 +22,7 @@ import numpy as np
 HASH_BITS = 64
 _SIDE = 32  # pHash resamples to 32x32 before the DCT...
 _LOW = 8  # ...and keeps the 8x8 lowest frequencies
-_BLOCK = 4096  # images hashed per matrix product
+_BLOCK = 256  # images hashed per matrix product: their float copy fits in reused memory (see spool.CHUNK_BYTES)
 DEFAULT_MAX_DISTANCE = 4  # see candidate_pairs
 DEFAULT_MAX_DIFFERENCE = 16.0  # gray levels; see find_duplicates, and docs/decisions.md for the measurements
 _PAIR_CHUNK_VALUES = 2**22  # pixel values compared per chunk of pairs

@@ -214,25 +214,38 @@ def _read_regular_file(path: str) -> bytes:
 
     Opened without blocking, so a named pipe answers at once instead of waiting for a writer; the type and size
     come from the open file itself, so a device (a link to /dev/zero) or a huge sparse file is refused before
-    one byte is read."""
+    one byte is read. Read with os.read, sized by fstat: a buffered read sized by the limit costs as much as the
+    read itself (a 256 MB buffer made and shrunk per file), 20 us of a photo's 400 us."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise _Unreadable(f"unreadable file ({_open_failure(path, error)})") from None
-    with open(descriptor, "rb") as file:  # cheaper than Path.read_bytes, by 3% of a small JPEG's decode
+    try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise _Unreadable(f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(info.st_mode), 'a special file')})")
-        too_large = _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
         if info.st_size > _MAX_MEMBER_BYTES:
-            raise too_large
-        try:
-            data = file.read(_MAX_MEMBER_BYTES + 1)  # the limit holds even if the file grew since fstat
-        except OSError as error:
-            raise _Unreadable(f"unreadable file ({error.strerror or error})") from None
-        if len(data) > _MAX_MEMBER_BYTES:
-            raise too_large
+            raise _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
+        return _read_to_end(descriptor, info.st_size)
+    except OSError as error:
+        raise _Unreadable(f"unreadable file ({error.strerror or error})") from None
+    finally:
+        os.close(descriptor)
+
+
+def _read_to_end(descriptor: int, expected: int) -> bytes:
+    """All bytes from ``descriptor``: one read when the file still has the size fstat gave (a short read of a
+    regular file is its end); more if it grew since (or reports no size, as /proc does), up to the limit."""
+    data = os.read(descriptor, expected + 1)
+    if len(data) <= expected:
         return data
+    parts, total = [data], len(data)
+    while total <= _MAX_MEMBER_BYTES and (part := os.read(descriptor, min(2**20, _MAX_MEMBER_BYTES + 1 - total))):
+        parts.append(part)
+        total += len(part)
+    if total > _MAX_MEMBER_BYTES:
+        raise _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
+    return b"".join(parts)
 
 
 def _open_failure(path: str, error: OSError) -> str:
