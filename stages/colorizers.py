@@ -220,7 +220,9 @@ class ChromaBins(nn.Module):
     def near(self, chroma: torch.Tensor, spread: float = CHROMA_STEP) -> torch.Tensor:
         """(B, 2, H, W) chroma -> (B, Q, H, W) logits of a Gaussian of std `spread` around it over the classes:
         the distribution of a network that knows nothing more than that chroma."""
-        distance = (chroma[:, None] - self.centers[None, :, :, None, None]).pow(2).sum(2)  # (B, Q, H, W)
+        centers = self.centers[:, :, None, None]  # (Q, 2, 1, 1): a 1 x 1 convolution's weights
+        distance = (chroma.pow(2).sum(1, keepdim=True) - 2 * F.conv2d(chroma, centers)
+                    + centers.pow(2).sum(1)[None])  # (B, Q, H, W): |chroma - center|² per class
         return -distance / (2 * spread ** 2)
 
     def readout(self, logits: torch.Tensor, temperature: float = READOUT_TEMPERATURE) -> torch.Tensor:
