@@ -321,9 +321,9 @@ class GlobalUNet(nn.Module):
         return self.bins.readout(features) if self.bins is not None else features
 
     def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None, raw: bool = False) -> torch.Tensor:
-        """Color of the gray input; `raw=True`: the head's output (`features`) instead. The training objective
-        asks for the raw output through the call, not through `features`, so that under torchrun the call goes
-        through DistributedDataParallel's forward, which its gradient averaging needs."""
+        """Color of the gray input; `raw=True`: the raw output (`features`: chroma or logits) instead. The
+        training objective asks for the raw output through the call, not through `features`, so that under
+        torchrun the call goes through DistributedDataParallel's forward, which its gradient averaging needs."""
         features = self.features(gray, condition)
         return features if raw else color_from(gray, self.chroma(features))
 
