@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from stages.colorizers import AverageColorResidual
 from stages.gan_models import build_gan
 from stages.models import build_colorizer, build_vae
 
@@ -39,12 +38,11 @@ class ColorizerConfig:
     classes: int = 0  # chroma classes of a `classify` colorizer; 0 = it predicts chroma directly
     condition: str = ""  # the tag column it reads, if conditioned
     condition_values: tuple[str, ...] = ()  # that column's values; index i + 1 is value i, index 0 is "no tag"
-    residual: bool = False  # the network adds to the average color (stages.colorizers.AverageColorResidual)
+    residual: bool = False  # the network starts from the average color (stages.models.build_colorizer)
 
     def build(self) -> torch.nn.Module:
         conditions = len(self.condition_values) + 1 if self.condition else 0
-        network = build_colorizer(self.arch, self.size, self.classes, conditions)
-        return AverageColorResidual(network, self.size, conditions) if self.residual else network
+        return build_colorizer(self.arch, self.size, self.classes, conditions, self.residual)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ def training_job(model, params: ColorizeParams, train: tuple[RowSource, ...], te
     fitted = fitting_rows(len(train[0]), params.seed)  # the average color's rows
     if isinstance(model, AverageColorResidual):
         model.start_at(*(rows[fitted] for rows in train))
+    elif isinstance(model, GlobalUNet) and model.average is not None:
+        model.start_at(*(rows[fitted] for rows in train[:2]))
     elif isinstance(model, StackNN):
         model.start_at(train[1][fitted].mean(0))
     objective = _objective(model, params, class_weights)
@@ -178,7 +180,7 @@ def run(params: ColorizeParams, inputs: dict[str, Path], out_dir: Path, context:
     bins, class_weights = ChromaBins.fit(color_train[fitted]) if params.loss == "classify" else (None, None)
     config = ColorizerConfig(arch=params.arch, size=gray_test.shape[-1], exact_luma=params.exact_luma,
                              classes=len(bins.centers) if bins is not None else 0, condition=params.condition,
-                             condition_values=values, residual=params.arch == "stacknn" and params.residual)
+                             condition_values=values, residual=params.residual)
     model = config.build().to(device)
     if bins is not None:
         model.bins.load_state_dict(bins.state_dict())

@@ -75,11 +75,15 @@ class LumaBaseline(nn.Module):
         return self
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        return color_from(gray, self.chroma_at(gray))
+
+    def chroma_at(self, gray: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) gray -> (B, 2, H, W) the chroma this baseline paints on it."""
         index = _luma_bin(gray, len(self.chroma))
         chroma = self._per_luma(index)
         if self.position is not None:
             chroma = chroma + self.position + self._per_cell(index)
-        return color_from(gray, chroma)
+        return chroma
 
     def _per_luma(self, index: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) luma bins -> (B, 2, H, W) their mean chroma."""
@@ -213,6 +217,14 @@ class ChromaBins(nn.Module):
         """(B, 3, H, W) RGB -> (B, H, W) class of each pixel's chroma."""
         return self.cell_class[_chroma_cell(chroma_of(color), self.step, self.side)]
 
+    def near(self, chroma: torch.Tensor, spread: float = CHROMA_STEP) -> torch.Tensor:
+        """(B, 2, H, W) chroma -> (B, Q, H, W) logits of a Gaussian of std `spread` around it over the classes:
+        the distribution of a network that knows nothing more than that chroma."""
+        centers = self.centers[:, :, None, None]  # (Q, 2, 1, 1): a 1 x 1 convolution's weights
+        distance = (chroma.pow(2).sum(1, keepdim=True) - 2 * F.conv2d(chroma, centers)
+                    + centers.pow(2).sum(1)[None])  # (B, Q, H, W): |chroma - center|² per class
+        return -distance / (2 * spread ** 2)
+
     def readout(self, logits: torch.Tensor, temperature: float = READOUT_TEMPERATURE) -> torch.Tensor:
         """(B, Q, H, W) logits -> (B, 2, H, W) chroma: the annealed mean of the class distribution."""
         weights = torch.softmax(logits / temperature, 1)
@@ -248,13 +260,21 @@ class GlobalUNet(nn.Module):
     embedding of the tag as input channels at every pixel (`with_tag_channels`). The head predicts chroma: two
     values (`mse`) or logits over the chroma bins (`classify`, read out by `bins`). Either way the output's luma
     is the gray input exactly (see the module docstring).
+
+    Given the image `average_color_size`, the network starts from the average color StackNN starts from (the
+    chroma of `LumaBaseline` with position, fitted by `start_at`): it reads that chroma as two more input
+    channels, and its zero-initialised head predicts only the difference from it: an `mse` head a chroma added to
+    it, a `classify` head logits added to a Gaussian around it (`ChromaBins.near`). So the untrained network
+    paints exactly the average, and where it stays unsure it stays there, the baseline it must not fall under.
     """
 
-    def __init__(self, classes: int = 0, conditions: int = 0, width: int = 32):
+    def __init__(self, classes: int = 0, conditions: int = 0, width: int = 32, average_color_size: int = 0):
         super().__init__()
         self.conditions = conditions
         self.tag_embedding = nn.Embedding(conditions, TAG_CHANNELS) if conditions else None
-        self.inner = _block(1 + (TAG_CHANNELS if conditions else 0), width)
+        self.average = LumaBaseline(size=average_color_size) if average_color_size else None
+        inputs = 1 + (TAG_CHANNELS if conditions else 0) + (2 if average_color_size else 0)
+        self.inner = _block(inputs, width)
         self.down = _block(width, 2 * width)
         self.bottom = _block(2 * width, 4 * width)
         self.global_mix = nn.Sequential(nn.Linear(4 * width + conditions, 4 * width), nn.ReLU(),
@@ -263,13 +283,24 @@ class GlobalUNet(nn.Module):
         self.up1 = _block(3 * width, width)
         self.head = nn.Conv2d(width, classes or 2, 1)
         self.bins = ChromaBins(classes) if classes else None
+        if self.average is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.to(memory_format=torch.channels_last)  # oneDNN runs these convolutions without layout reorders
+
+    @torch.no_grad()
+    def start_at(self, gray: torch.Tensor, color: torch.Tensor) -> None:
+        """Fit the average color to training (N, 1, S, S) gray and (N, 3, S, S) color."""
+        self.average.fit(gray, color)
 
     def features(self, gray: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, S, S) gray [, (B,) tag index] -> (B, 2 or Q, S, S) chroma or class logits. A conditioned
         network given no tags reads them as index 0, "no tag", which it learned from untagged training images."""
         size = gray.shape[-2:]
         x = gray if not self.conditions else with_tag_channels(gray, self.tag_embedding, condition)  # (B, 1[+E], S, S)
+        start = self.average.chroma_at(gray) if self.average is not None else None  # (B, 2, S, S)
+        if start is not None:
+            x = torch.cat([x, start.to(memory_format=torch.channels_last)], 1)  # (B, 1[+E]+2, S, S)
         a = self.inner(x)  # (B, W, S, S)
         b = self.down(F.max_pool2d(a, 2, ceil_mode=True))  # (B, 2W, S/2, S/2)
         c = self.bottom(F.max_pool2d(b, 2, ceil_mode=True))  # (B, 4W, S/4, S/4)
@@ -280,16 +311,19 @@ class GlobalUNet(nn.Module):
         c = c + self.global_mix(pooled)[:, :, None, None]
         b = self.up2(torch.cat([b, F.interpolate(c, size=b.shape[-2:], mode="nearest")], 1))
         a = self.up1(torch.cat([a, F.interpolate(b, size=size, mode="nearest")], 1))
-        return self.head(a)
+        if self.bins is not None:
+            return self.head(a) if start is None else self.head(a) + self.bins.near(start)
+        change = 0.5 * torch.tanh(self.head(a))
+        return change if start is None else start + change
 
     def chroma(self, features: torch.Tensor) -> torch.Tensor:
-        """The head's output -> (B, 2, S, S) chroma."""
-        return self.bins.readout(features) if self.bins is not None else 0.5 * torch.tanh(features)
+        """The network's raw output (`features`) -> (B, 2, S, S) chroma."""
+        return self.bins.readout(features) if self.bins is not None else features
 
     def forward(self, gray: torch.Tensor, condition: torch.Tensor | None = None, raw: bool = False) -> torch.Tensor:
-        """Color of the gray input; `raw=True`: the head's output (`features`) instead. The training objective
-        asks for the raw output through the call, not through `features`, so that under torchrun the call goes
-        through DistributedDataParallel's forward, which its gradient averaging needs."""
+        """Color of the gray input; `raw=True`: the raw output (`features`: chroma or logits) instead. The
+        training objective asks for the raw output through the call, not through `features`, so that under
+        torchrun the call goes through DistributedDataParallel's forward, which its gradient averaging needs."""
         features = self.features(gray, condition)
         return features if raw else color_from(gray, self.chroma(features))
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.colorizers import TAG_CHANNELS, GlobalUNet, with_tag_channels
+from stages.colorizers import TAG_CHANNELS, AverageColorResidual, GlobalUNet, with_tag_channels
 from stages.luma import exact_luma
 
 
@@ -143,12 +143,16 @@ class StackNN(nn.Module):
         self.head[-1].bias.copy_(torch.logit(mean_color.clamp(0.01, 0.99)).flatten())
 
 
-def build_colorizer(arch: str, size: int, classes: int = 0, conditions: int = 0) -> nn.Module:
+def build_colorizer(arch: str, size: int, classes: int = 0, conditions: int = 0,
+                    average_color_start: bool = False) -> nn.Module:
     """StackNN, or the U-Net with a global branch (stages.colorizers) predicting chroma (classes=0) or logits
-    over `classes` chroma bins, conditioned on a tag with `conditions` values (0 = not conditioned)."""
+    over `classes` chroma bins, conditioned on a tag with `conditions` values (0 = not conditioned), starting
+    from the average color of each position and gray level if `average_color_start` (StackNN: wrapped in
+    AverageColorResidual; the U-Net: built in, see GlobalUNet)."""
     if arch == "stacknn":
-        return StackNN(size, conditions)
-    return GlobalUNet(classes=classes, conditions=conditions)
+        network = StackNN(size, conditions)
+        return AverageColorResidual(network, size, conditions) if average_color_start else network
+    return GlobalUNet(classes=classes, conditions=conditions, average_color_size=size if average_color_start else 0)
 
 
 def map_in_slices(function: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, slice_size: int = 512):

@@ -72,8 +72,9 @@ class ColorizeParams:
     luma_weight: float = param(1.0, "weight λ of MSE(luma(output), gray input) in the loss", min=0.0)
     colorfulness_weight: float = param(0.2, "weight of (colorfulness(output) - colorfulness(true))^2 per "
                                         "image: keeps colors vivid; 0 is plain MSE", min=0.0)
-    residual: bool = param(True, "stacknn learns only the difference from the average color of each position "
-                           "and gray level (fitted on the training split); false: the whole color, as the seed")
+    residual: bool = param(True, "the colorizer starts from the average color of each position and gray level "
+                           "(fitted on the training split) and learns what it misses; false: the whole color, as "
+                           "the seed")
     exact_luma: bool = param(True, "shift each output pixel so its luma equals the gray input exactly")
     seed: int = param(0, "seed of initialisation, batching and noise", min=0)
 

@@ -55,7 +55,7 @@ STAGES: tuple[StageSpec, ...] = (
         summary="a trained VAE: model.pt, metrics, loss curve, reconstructions, samples, interpolations, traversals",
     ),
     StageSpec(
-        name="colorize", version=9, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
+        name="colorize", version=10, params=ColorizeParams, upstream=("prepare",), run="stages.colorize:run",
         distributed=True, batch_statistics=lambda p: p.arch == "conv",
         figures=(Figure("test_colorized.png", "test faces: gray input | colorized | true color"), _LOSS),
         describe=lambda p: f"{p.arch}-{p.loss}-e{p.epochs}" + (f"-by-{p.condition}" if p.condition else ""),

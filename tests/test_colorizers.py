@@ -9,8 +9,8 @@ from skimage.color import rgb2lab
 
 from helpers import HAIR_CHROMA, tagged_hair_faces
 
-from stages.colorizers import (CELL_PRIOR, AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline, chroma_of,
-                               classify_loss, color_from)
+from stages.colorizers import (CELL_PRIOR, CHROMA_STEP, AverageColorResidual, ChromaBins, GlobalUNet, LumaBaseline,
+                               chroma_of, classify_loss, color_from)
 from stages.models import StackNN
 from stages.metrics import color_error_auc
 
@@ -122,6 +122,37 @@ def test_residual_stacknn_starts_exactly_at_the_average_color_and_trains_only_th
     average = LumaBaseline(size=SIDE).fit(luma(train), train)
     assert torch.allclose(model(luma(train)), average(luma(train)), atol=1e-6)
     assert all(p.requires_grad for p in model.net.parameters()) and not list(model.prior.parameters())
+
+
+def test_conv_with_the_average_color_start_paints_exactly_that_average_before_training_and_then_learns():
+    torch.manual_seed(0)
+    train = random_color(6)
+    model = GlobalUNet(width=8, average_color_size=SIDE)
+
+    model.start_at(luma(train), train)
+
+    average = LumaBaseline(size=SIDE).fit(luma(train), train)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(luma(train)), average(luma(train)), atol=1e-6)
+    model.train()
+    mse = lambda out, y: (color_from(luma(train), model.chroma(out)) - y).pow(2).mean()
+    model, losses = train_steps(model, luma(train), train, None, mse, steps=20)
+    assert losses[-1] < losses[0], "the head starts at zero but still learns what the average misses"
+    assert not list(model.average.parameters()), "the average color is fitted, never trained"
+
+
+def test_classify_with_the_average_color_start_reads_out_near_that_average_before_training():
+    train = random_color(6)
+    bins, _ = ChromaBins.fit(train)
+    model = GlobalUNet(classes=len(bins.centers), width=8, average_color_size=SIDE)
+    model.bins.load_state_dict(bins.state_dict())
+
+    model.start_at(luma(train), train)
+
+    average = chroma_of(LumaBaseline(size=SIDE).fit(luma(train), train)(luma(train)))
+    with torch.no_grad():
+        painted = chroma_of(model.eval()(luma(train)))
+    assert (painted - average).abs().max() < CHROMA_STEP / 4, "within a quarter of a chroma bin of the average"
 
 
 # ----- classify loss and conditioning ---------------------------------------------------------------------------------
