@@ -33,13 +33,13 @@ from stages.params import VaeParams  # noqa: E402
 from stages.training import Job  # noqa: E402
 from stages.vae import test_loss_evaluator, vae_loss  # noqa: E402
 
-CLOSED = tb.Recipe(batch_size=128, lr=3e-3, epochs=20, warmup=0.15)
+CLOSED = tb.Recipe(batch_size=128, lr=3e-3, epochs=26, warmup=0.15)
 SEED_LATENT_DIM = 10  # the seed's FC VAE, whatever the stage's default latent size
 NEG_ELBO = tb.Metric("test -ELBO", "nats", lower_better=True, flat=1.0)
 
 
 def main() -> None:
-    args = tb.parse_args(__doc__, images=20_000, reference_epochs=24, closed=CLOSED)
+    args = tb.parse_args(__doc__, images=20_000, reference_epochs=36, closed=CLOSED)
     open_params = VaeParams(seed=args.seed)
     params = dataclasses.replace(open_params, arch="fc", latent_dim=SEED_LATENT_DIM)  # the seed's network
     train, test = tb.load(args, params.channels)
