@@ -225,7 +225,7 @@ def _read_regular_file(path: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise _Unreadable(f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(info.st_mode), 'a special file')})")
         if info.st_size > _MAX_MEMBER_BYTES:
-            raise _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
+            raise _too_large()
         return _read_to_end(descriptor, info.st_size)
     except OSError as error:
         raise _Unreadable(f"unreadable file ({error.strerror or error})") from None
@@ -244,8 +244,12 @@ def _read_to_end(descriptor: int, expected: int) -> bytes:
         parts.append(part)
         total += len(part)
     if total > _MAX_MEMBER_BYTES:
-        raise _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
+        raise _too_large()
     return b"".join(parts)
+
+
+def _too_large() -> _Unreadable:
+    return _Unreadable(f"file larger than {_bytes_in_words(_MAX_MEMBER_BYTES)}")
 
 
 def _open_failure(path: str, error: OSError) -> str:
